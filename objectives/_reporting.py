@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Any
+
+
+class SetupError(Exception):
+    """Missing data or model, or a bad parameter: the user fixes it; one line says how."""
+
+
+class Reporter:
+    """What an objective tells the outside world while it trains.
+
+    An ``optuna.Trial`` has the first three methods; the worker wraps one in a subclass that
+    also drives the live display. The base class reports to nobody (``search run`` and tests).
+    """
+
+    def report(self, value: float, step: int) -> None:
+        pass
+
+    def should_prune(self) -> bool:
+        return False
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        pass
+
+    def on_step(self, epoch: int, step: int, steps_per_epoch: int) -> None:
+        """Called after every optimizer step; keep it cheap."""
+
+
+class TrialReporter(Reporter):
+    """Reports into an Optuna trial (or anything with report/should_prune/set_user_attr)."""
+
+    def __init__(self, trial: Any) -> None:
+        self.trial = trial
+
+    def report(self, value: float, step: int) -> None:
+        self.trial.report(value, step)
+
+    def should_prune(self) -> bool:
+        return self.trial.should_prune()
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.trial.set_user_attr(key, value)

@@ -1,0 +1,260 @@
+"""``search``: run workers, watch studies, export and re-run the winners."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from objectives import Reporter, SetupError, get_objective
+from search.spec import SpecError, available_specs, load_spec, spaces_dir
+from search.study import StudyNotFound
+from storage import StorageError, mask_url, resolve_url
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Hyperparameter search for transformer training, on Optuna.")
+console = Console()
+err_console = Console(stderr=True)
+
+USER_ERRORS = (SpecError, SetupError, StorageError, StudyNotFound)
+
+StorageOpt = typer.Option(None, "--storage", help="Storage URL (postgresql+psycopg2://... or a .journal file); "
+                          "default $SEARCH_STORAGE, else the embedded store.", show_default=False)
+
+
+def _open(storage: str | None):
+    from storage import open_storage  # imported late: keeps `search --help` fast
+
+    url = resolve_url(storage)
+    return open_storage(url), mask_url(url)
+
+
+def _parse_sets(values: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _slices_table(slices: dict[str, Any]) -> Table | None:
+    for name, per in slices.items():
+        if isinstance(per, dict) and per and all(isinstance(v, dict) for v in per.values()):
+            table = Table(title=name.replace("_", " "))
+            table.add_column("slice")
+            table.add_column("accuracy", justify="right")
+            table.add_column("n", justify="right")
+            for key, v in per.items():
+                acc = v.get("accuracy")
+                table.add_row(key, "absent" if acc is None else f"{acc:.4f}", str(v.get("n", "")))
+            return table
+    return None
+
+
+@app.command()
+def worker(
+    study: str = typer.Option(..., "--study", help="Spec name in spaces/ (or a spec YAML path)."),
+    storage: Optional[str] = StorageOpt,
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Trials this worker runs, then stops."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Start no trial after this many seconds."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE: pin a parameter in the study being created."),
+    name: Optional[str] = typer.Option(None, "--name", help="Study name in storage (default: the spec's name)."),
+) -> None:
+    """Run trials of a study; creates the study from its spec on first use."""
+    from search.display import WorkerDisplay
+    from search.export import best_trial
+    from search.worker import MAX_CONSECUTIVE_FAILURES, run_worker
+
+    spec = load_spec(study, _parse_sets(set_))
+    opened, where = _open(storage)
+    console.print(f"study [bold]{name or spec.name}[/] ({spec.objective}) on {where}: "
+                  f"{spec.metric.name} target {spec.target.value:g}, baseline {spec.baseline.value:g}")
+    with WorkerDisplay(spec, console) as display:
+        result = run_worker(spec, opened, name=name, n_trials=n_trials, timeout=timeout, display=display)
+    trials = result.get_trials(deepcopy=False)
+    tail = trials[-MAX_CONSECUTIVE_FAILURES:]
+    if len(tail) == MAX_CONSECUTIVE_FAILURES and all(t.state.name == "FAIL" for t in tail):
+        err_console.print(f"error: stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row; last: "
+                          f"{tail[-1].user_attrs.get('end_reason', 'unknown')}")
+        raise typer.Exit(1)
+    _print_status(result, spec, where, best_trial(result))
+
+
+def _print_status(study: Any, spec: Any, where: str, best: Any) -> None:
+    from search.export import reached, state_counts
+
+    counts = state_counts(study)
+    table = Table(title=f"{study.study_name} on {where}")
+    for state in counts:
+        table.add_column(state.lower(), justify="right")
+    table.add_row(*(str(n) for n in counts.values()))
+    console.print(table)
+    summary = Table(show_header=True)
+    for col in ("", spec.metric.name, "vs target"):
+        summary.add_column(col, justify="right" if col else "left")
+    if best is not None:
+        gap = best.value - spec.target.value
+        mark = "reached" if reached(spec, best.value) else f"{gap:+.4f}"
+        summary.add_row(f"best (trial {best.number}, validation)", f"{best.value:.4f}", mark)
+    else:
+        summary.add_row("best", "no completed trial yet", "")
+    summary.add_row("target", f"{spec.target.value:.4f}", "", )
+    summary.add_row("baseline", f"{spec.baseline.value:.4f}", f"{spec.baseline.value - spec.target.value:+.4f}")
+    console.print(summary)
+    if best is None:
+        return
+    params = Table(title="best configuration")
+    params.add_column("parameter")
+    params.add_column("value", justify="right")
+    params.add_column("")
+    for key, value in spec.params(best.params).items():
+        params.add_row(key, _fmt(value), "tuned" if key in best.params else "")
+    console.print(params)
+    slices = _slices_table({k: v for k, v in best.user_attrs.items() if k.startswith("per_")})
+    if slices:
+        console.print(slices)
+
+
+@app.command()
+def status(
+    study: str = typer.Option(..., "--study", help="Study name in storage."),
+    storage: Optional[str] = StorageOpt,
+) -> None:
+    """Trials by state, the best value against target and baseline, the best configuration."""
+    from search.export import best_trial
+    from search.study import load_study
+
+    opened, where = _open(storage)
+    found, spec = load_study(study, opened, where)
+    _print_status(found, spec, where, best_trial(found))
+
+
+@app.command()
+def export(
+    study: str = typer.Option(..., "--study", help="Study name in storage."),
+    output: Path = typer.Option(..., "-o", "--output", help="YAML file to write."),
+    storage: Optional[str] = StorageOpt,
+) -> None:
+    """Write the winning configuration, complete and runnable, as YAML."""
+    from search.export import best_trial, export_config
+    from search.study import load_study
+
+    opened, where = _open(storage)
+    found, spec = load_study(study, opened, where)
+    best = best_trial(found)
+    if best is None:
+        raise StudyNotFound(f"study {study!r} has no completed trial yet: nothing to export")
+    record = export_config(found, spec, best, str(output))
+    output.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+    console.print(f"wrote {output}: trial {best.number}, {spec.metric.name} {best.value:.4f} "
+                  f"(target {spec.target.value:g}: {'reached' if record['target']['reached'] else 'not reached'})")
+    console.print(f"re-run it with: {record['rerun']}")
+
+
+class _ConsoleReporter(Reporter):
+    def report(self, value: float, step: int) -> None:
+        console.print(f"epoch {step}: {value:.4f}")
+
+
+@app.command()
+def run(
+    config: Path = typer.Option(..., "--config", help="A YAML file written by `search export`."),
+    on_test: bool = typer.Option(False, "--on-test", help="Also score the held-out test split (confirmation only)."),
+) -> None:
+    """One training run from an exported configuration; no study needed."""
+    try:
+        record = yaml.safe_load(config.read_text())
+        objective_name, params = record["objective"], record["params"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise SpecError(f"{config}: not a config written by `search export` ({type(e).__name__}: {e})") from None
+    objective = get_objective(objective_name)
+    unknown = set(params) - set(objective.PARAMS)
+    if unknown:
+        raise SpecError(f"{config}: params.{sorted(unknown)[0]}: not a parameter of objective {objective_name}")
+    objective.prepare(params)
+    start = time.perf_counter()
+    result = objective.train(params, _ConsoleReporter(), on_test=on_test)
+    metric = objective.METRIC
+    table = Table(title=f"{config} ({objective_name}, {time.perf_counter() - start:.0f} s)")
+    table.add_column("")
+    table.add_column(metric, justify="right")
+    table.add_row(f"this run ({result.get('split', 'validation')}, {result.get('n_items', '?')} items)", f"{result[metric]:.4f}")
+    recorded = (record.get("metric") or {}).get("value")
+    if recorded is not None:
+        table.add_row(f"recorded (trial {record.get('trial')})", f"{recorded:.4f}")
+    if "test" in result:
+        table.add_row(f"held-out test ({result['test'].get('n_items')} items)", f"{result['test'][metric]:.4f}")
+    if record.get("target"):
+        table.add_row("target", f"{record['target']['value']:.4f}")
+    console.print(table)
+    slices = _slices_table({k: v for k, v in result.items() if k.startswith("per_")})
+    if slices:
+        console.print(slices)
+
+
+@app.command()
+def studies(storage: Optional[str] = StorageOpt) -> None:
+    """The specs in spaces/ and the studies in storage."""
+    import optuna
+
+    from search.study import SPEC_ATTR
+
+    specs = Table(title=f"specs in {spaces_dir()}")
+    for col in ("spec", "objective", "metric", "target", "baseline", "searched"):
+        specs.add_column(col)
+    for name in available_specs():
+        try:
+            s = load_spec(name)
+            specs.add_row(name, s.objective, f"{s.metric.name} ({s.metric.direction})", f"{s.target.value:g}",
+                          f"{s.baseline.value:g}", str(len(s.space)))
+        except (SpecError, SetupError) as e:
+            specs.add_row(name, f"[red]invalid: {e}", "", "", "", "")
+    console.print(specs)
+    opened, where = _open(storage)
+    table = Table(title=f"studies in {where}")
+    for col in ("study", "trials", "complete", "best", "target", "created"):
+        table.add_column(col, justify="left" if col == "study" else "right")
+    for summary in optuna.get_all_study_summaries(opened, include_best_trial=True):
+        spec = summary.user_attrs.get(SPEC_ATTR) or {}
+        best = summary.best_trial.value if summary.best_trial else None
+        created = summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else ""
+        complete = len(opened.get_all_trials(summary._study_id, deepcopy=False,
+                                             states=(optuna.trial.TrialState.COMPLETE,)))
+        table.add_row(summary.study_name, str(summary.n_trials), str(complete),
+                      "—" if best is None else f"{best:.4f}", f"{spec.get('target', {}).get('value', '—')}", created)
+    console.print(table)
+
+
+def main() -> None:
+    os.environ.setdefault("TZ", "UTC")  # trial timestamps in UTC on every worker
+    time.tzset()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        app()
+    except USER_ERRORS as e:
+        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("stopped")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

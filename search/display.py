@@ -1,0 +1,73 @@
+"""The worker's live display: a progress bar for the running trial, a line per epoch and trial."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from search.spec import StudySpec
+
+
+def fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+class WorkerDisplay:
+    def __init__(self, spec: StudySpec, console: Console) -> None:
+        self.spec = spec
+        self.console = console
+        self.best: float | None = None
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console, transient=True,
+        )
+        self._task: Any = None
+        self._trial = -1
+
+    def __enter__(self) -> WorkerDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def _against_target(self, value: float | None) -> str:
+        t = self.spec.target.value
+        return f"best {fmt(value)} / target {t:g}"
+
+    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+        self._trial = number
+        if self._task is not None:
+            self.progress.remove_task(self._task)
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+        self.console.print(f"[dim]trial {number} starts: {shown}")
+        self._task = self.progress.add_task(f"trial {number} epoch 1", total=None, status=self._against_target(self.best))
+
+    def on_step(self, epoch: int, step: int, steps_per_epoch: int) -> None:
+        self.progress.update(self._task, description=f"trial {self._trial} epoch {epoch}", completed=step,
+                             total=steps_per_epoch)
+
+    def on_epoch(self, epoch: int, value: float) -> None:
+        best = value if self.best is None else (max if self.spec.metric.direction == "maximize" else min)(self.best, value)
+        self.console.print(f"trial {self._trial} epoch {epoch}: {self.spec.metric.name} {value:.4f}  "
+                           f"({self._against_target(best)})")
+
+    def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        try:
+            self.best = study.best_value
+        except ValueError:  # no completed trial yet
+            pass
+        state = trial.state.name.lower()
+        reason = trial.user_attrs.get("end_reason", "")
+        value = f" {self.spec.metric.name} {trial.value:.4f}" if trial.value is not None else ""
+        style = {"complete": "green", "pruned": "yellow", "fail": "red"}.get(state, "")
+        reached = "  [bold green]target reached" if self.best is not None and self._reached(self.best) else ""
+        self.console.print(f"[{style}]trial {trial.number} {state}[/]{value} {reason if state != 'complete' else ''}  "
+                           f"({self._against_target(self.best)}){reached}")
+
+    def _reached(self, value: float) -> bool:
+        t = self.spec.target.value
+        return value >= t if self.spec.metric.direction == "maximize" else value <= t

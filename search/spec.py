@@ -1,0 +1,274 @@
+"""The study spec: one YAML file says everything every worker needs to build the same study."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from objectives import SetupError, get_objective
+
+SPACES_ENV = "SEARCH_SPACES_DIR"
+
+
+class SpecError(Exception):
+    """A spec that cannot be used; the message names the file, the key and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatParam(_Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log scale needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("step and log cannot be combined")
+        return self
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
+
+class IntParam(_Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log scale needs low > 0")
+        return self
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.IntDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+
+
+class CategoricalParam(_Strict):
+    type: Literal["categorical"]
+    choices: list[Union[bool, int, float, str]] = Field(min_length=1)
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        return optuna.distributions.CategoricalDistribution(self.choices)
+
+    def contains(self, value: Any) -> bool:
+        return value in self.choices
+
+
+Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+
+
+class Metric(_Strict):
+    name: str
+    direction: Literal["maximize", "minimize"]
+
+
+class Reference(_Strict):
+    value: float
+    source: str
+
+
+class Component(_Strict):
+    """An Optuna sampler or pruner by class name, with keyword options."""
+
+    type: str
+    options: dict[str, Any] = {}
+
+
+class KnownConfig(_Strict):
+    name: str
+    params: dict[str, Any]
+
+
+class StudySpec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    objective: str
+    description: str = ""
+    metric: Metric
+    target: Reference
+    baseline: Reference
+    fixed: dict[str, Any] = {}
+    space: dict[str, Param]
+    sampler: Component = Component(type="TPESampler")
+    pruner: Component = Component(type="MedianPruner")
+    known_configs: list[KnownConfig] = []
+
+    def params(self, tuned: dict[str, Any]) -> dict[str, Any]:
+        """The complete parameters of one run: objective defaults < fixed < tuned."""
+        return {**get_objective(self.objective).PARAMS, **self.fixed, **tuned}
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {name: p.distribution() for name, p in self.space.items()}
+
+    def build_sampler(self) -> optuna.samplers.BaseSampler:
+        return getattr(optuna.samplers, self.sampler.type)(**self.sampler.options)
+
+    def build_pruner(self) -> optuna.pruners.BasePruner:
+        return getattr(optuna.pruners, self.pruner.type)(**self.pruner.options)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_defaults=False)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> StudySpec:
+        """Pin parameters: a searched one leaves the space (and the known configs) for ``fixed``."""
+        if not overrides:
+            return self
+        allowed = get_objective(self.objective).PARAMS
+        for key in overrides:
+            if key not in allowed:
+                raise SpecError(f"{source} {key}: not a parameter of objective {self.objective} (allowed: {', '.join(allowed)})")
+        data = self.as_dict()
+        data["fixed"] = {**data["fixed"], **overrides}
+        data["space"] = {k: v for k, v in data["space"].items() if k not in overrides}
+        data["known_configs"] = [
+            {"name": c["name"], "params": {k: v for k, v in c["params"].items() if k not in overrides}}
+            for c in data["known_configs"]
+        ]
+        return validate(data, source)
+
+
+def spaces_dir() -> Path:
+    return Path(os.environ.get(SPACES_ENV) or Path(__file__).resolve().parent.parent / "spaces")
+
+
+def spec_path(study: str) -> Path:
+    """``--study`` is a spec name in spaces/ or a path to a YAML file."""
+    if study.endswith((".yaml", ".yml")) or os.sep in study:
+        return Path(study)
+    return spaces_dir() / f"{study}.yaml"
+
+
+def available_specs() -> list[str]:
+    return sorted(p.stem for p in spaces_dir().glob("*.yaml"))
+
+
+def load_spec(study: str, overrides: dict[str, Any] | None = None) -> StudySpec:
+    path = spec_path(study)
+    if not path.is_file():
+        known = ", ".join(available_specs()) or "none"
+        raise SpecError(f"no study spec {study!r}: {path} does not exist (specs in {spaces_dir()}: {known})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}:{where} not valid YAML: {getattr(e, 'problem', e)}") from None
+    spec = validate(data, str(path))
+    return spec.with_overrides(overrides or {}, source=f"{path}: --set")
+
+
+def validate(data: Any, source: str) -> StudySpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a study spec is a mapping (name, objective, metric, target, baseline, space, ...)")
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("function-after", "tagged-union")))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key (allowed: {_allowed_keys(err['loc'])})"
+        raise SpecError(f"{source}: {loc or 'spec'}: {msg}") from None
+    _check_against_objective(spec, source)
+    return spec
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> str:
+    models = {(): StudySpec, ("metric",): Metric, ("target",): Reference, ("baseline",): Reference,
+              ("sampler",): Component, ("pruner",): Component}
+    parent = tuple(loc[:-1])
+    if parent and parent[0] == "space" and len(parent) >= 3:
+        model = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}.get(str(parent[2]), FloatParam)
+    elif parent and parent[0] == "known_configs":
+        model = KnownConfig
+    else:
+        model = models.get(parent, StudySpec)
+    return ", ".join(model.model_fields)
+
+
+def _check_against_objective(spec: StudySpec, source: str) -> None:
+    try:
+        objective = get_objective(spec.objective)
+    except SetupError as e:
+        raise SpecError(f"{source}: objective: {e}") from None
+    allowed = objective.PARAMS
+    if spec.metric.name != objective.METRIC:
+        raise SpecError(f"{source}: metric.name: objective {spec.objective} returns {objective.METRIC!r}, not {spec.metric.name!r}")
+    for section in ("fixed", "space"):
+        for key in getattr(spec, section):
+            if key not in allowed:
+                raise SpecError(f"{source}: {section}.{key}: not a parameter of objective {spec.objective} (allowed: {', '.join(allowed)})")
+    for key in set(spec.fixed) & set(spec.space):
+        raise SpecError(f"{source}: space.{key}: also in fixed; a parameter is either fixed or searched")
+    for key, value in spec.fixed.items():
+        default = allowed[key]
+        if default is not None and not _same_kind(value, default):
+            raise SpecError(f"{source}: fixed.{key}: {value!r} is not a {type(default).__name__}")
+    for kind, attr, cls in (("sampler", spec.sampler, optuna.samplers), ("pruner", spec.pruner, optuna.pruners)):
+        component = getattr(cls, attr.type, None)
+        if not inspect.isclass(component):
+            names = [n for n in dir(cls) if n.endswith(kind.capitalize()) and not n.startswith("Base")]
+            raise SpecError(f"{source}: {kind}.type: {attr.type!r} is not an optuna {kind} (allowed: {', '.join(names)})")
+        accepted = inspect.signature(component).parameters
+        for option in attr.options:
+            if option not in accepted:
+                raise SpecError(f"{source}: {kind}.options.{option}: not an option of {attr.type} (allowed: {', '.join(accepted)})")
+    names = set()
+    for i, config in enumerate(spec.known_configs):
+        if config.name in names:
+            raise SpecError(f"{source}: known_configs.{i}.name: {config.name!r} appears twice")
+        names.add(config.name)
+        for key, value in config.params.items():
+            where = f"{source}: known_configs.{i}.params.{key}"
+            if key in spec.space:
+                if not spec.space[key].contains(value):
+                    raise SpecError(f"{where}: {value!r} is outside the space ({_describe(spec.space[key])})")
+            elif key in allowed:
+                raise SpecError(f"{where}: not in the space; a known config sets searched parameters only")
+            else:
+                raise SpecError(f"{where}: not a parameter of objective {spec.objective}")
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
+
+
+def _describe(param: Any) -> str:
+    if isinstance(param, CategoricalParam):
+        return f"choices {param.choices}"
+    return f"{param.low}..{param.high}"

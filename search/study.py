@@ -1,0 +1,107 @@
+"""Build an Optuna study from a spec, or join the one that exists, refusing a different spec."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import optuna
+
+from search.spec import SpecError, StudySpec, validate
+
+SPEC_ATTR = "search:spec"
+READY_ATTR = "search:ready"
+
+
+class StudyNotFound(Exception):
+    pass
+
+
+def build_study(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: str | None = None,
+                wait_seconds: float = 60.0) -> tuple[optuna.Study, bool]:
+    """Create the study on first use, else load it; returns (study, created_here).
+
+    Creation is atomic in the storage: of many workers starting at once, one creates the study,
+    records the spec and enqueues the known configurations; the others wait for it to be ready.
+    The sampler and pruner are not stored by Optuna: every worker builds them from the spec.
+    """
+    name = name or spec.name
+    kwargs = dict(study_name=name, storage=storage, sampler=spec.build_sampler(), pruner=spec.build_pruner())
+    try:
+        study = optuna.create_study(direction=spec.metric.direction, **kwargs)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(**kwargs)
+        _wait_ready(study, wait_seconds)
+        check_same_spec(study, spec)
+        return study, False
+    study.set_user_attr(SPEC_ATTR, spec.as_dict())
+    for config in spec.known_configs:
+        study.enqueue_trial(config.params, user_attrs={"known_config": config.name}, skip_if_exists=True)
+    study.set_user_attr(READY_ATTR, True)
+    return study, True
+
+
+def _wait_ready(study: optuna.Study, wait_seconds: float) -> None:
+    deadline = time.monotonic() + wait_seconds
+    while not study.user_attrs.get(READY_ATTR):
+        if time.monotonic() > deadline:
+            raise SpecError(f"study {study.study_name!r} exists but its creator never recorded a spec "
+                            "(it was not created by `search worker`, or its creator died while creating it)")
+        time.sleep(0.2)
+
+
+def recorded_spec(study: optuna.Study) -> StudySpec:
+    data = study.user_attrs.get(SPEC_ATTR)
+    if data is None:
+        raise SpecError(f"study {study.study_name!r} has no recorded spec (it was not created by `search worker`)")
+    return validate(data, f"spec recorded on study {study.study_name!r}")
+
+
+def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:
+    recorded = study.user_attrs.get(SPEC_ATTR, {})
+    differences = spec_diff(recorded, spec.as_dict())
+    if differences:
+        shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+        raise SpecError(f"study {study.study_name!r} was created with a different spec: {shown} "
+                        "(use the spec and --set it was created with, or another --name)")
+
+
+def spec_diff(recorded: Any, here: Any, path: str = "") -> list[str]:
+    """Human-readable differences 'key: study X, here Y' between two spec dicts."""
+    if isinstance(recorded, dict) and isinstance(here, dict):
+        out = []
+        for key in sorted(set(recorded) | set(here), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in here:
+                out.append(f"{sub}: study has {recorded[key]!r}, here absent")
+            elif key not in recorded:
+                out.append(f"{sub}: study lacks it, here {here[key]!r}")
+            else:
+                out.extend(spec_diff(recorded[key], here[key], sub))
+        return out
+    return [] if recorded == here else [f"{path}: study {recorded!r}, here {here!r}"]
+
+
+def load_study(name: str, storage: optuna.storages.BaseStorage, where: str) -> tuple[optuna.Study, StudySpec]:
+    """An existing study and the spec it was created with."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        known = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        raise StudyNotFound(f"no study {name!r} in {where} (studies there: {known or 'none'})") from None
+    spec = recorded_spec(study)
+    # Rebuild sampler and pruner from the recorded spec (Optuna does not store them).
+    study = optuna.load_study(study_name=name, storage=storage, sampler=spec.build_sampler(), pruner=spec.build_pruner())
+    return study, spec
+
+
+def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    out = {}
+    for name, param in spec.space.items():
+        if param.type == "float":
+            out[name] = trial.suggest_float(name, param.low, param.high, log=param.log, step=param.step)
+        elif param.type == "int":
+            out[name] = trial.suggest_int(name, param.low, param.high, log=param.log, step=param.step)
+        else:
+            out[name] = trial.suggest_categorical(name, param.choices)
+    return out

@@ -1,0 +1,79 @@
+"""The worker loop: build or join the study, then run trials of the spec's objective."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from objectives import SetupError, TrialReporter, get_objective
+from search.display import WorkerDisplay
+from search.spec import StudySpec
+from search.study import build_study, suggest
+
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+class _DisplayReporter(TrialReporter):
+    def __init__(self, trial: optuna.Trial, display: WorkerDisplay | None) -> None:
+        super().__init__(trial)
+        self.display = display
+
+    def report(self, value: float, step: int) -> None:
+        super().report(value, step)
+        if self.display:
+            self.display.on_epoch(step, value)
+
+    def on_step(self, epoch: int, step: int, steps_per_epoch: int) -> None:
+        if self.display:
+            self.display.on_step(epoch, step, steps_per_epoch)
+
+
+def make_objective(spec: StudySpec, display: WorkerDisplay | None = None):
+    objective = get_objective(spec.objective)
+
+    def run_trial(trial: optuna.Trial) -> float:
+        tuned = suggest(trial, spec)
+        if display:
+            display.trial_started(trial.number, tuned)
+        try:
+            result = objective.train(spec.params(tuned), _DisplayReporter(trial, display))
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("end_reason", f"failed: {type(e).__name__}: {e}"[:500])
+            raise
+        trial.set_user_attr("end_reason", "completed")
+        return result[spec.metric.name]
+
+    return run_trial
+
+
+class _StopAfterFailures:
+    """A worker whose trials keep failing (data gone, a broken spec) stops instead of spinning."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.count = limit, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.count = self.count + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
+        if self.count >= self.limit:
+            study.stop()
+
+
+def run_worker(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: str | None = None,
+               n_trials: int | None = None, timeout: float | None = None,
+               display: WorkerDisplay | None = None) -> optuna.Study:
+    """Run trials until ``n_trials`` (this worker's), ``timeout`` seconds, or a stop."""
+    # Load data and model first: a missing dataset or model must not leave a study behind.
+    get_objective(spec.objective).prepare(spec.params({}))
+    study, _ = build_study(spec, storage, name=name)
+    callbacks: list[Any] = [_StopAfterFailures(MAX_CONSECUTIVE_FAILURES)]
+    if display:
+        callbacks.append(display.trial_finished)
+    study.optimize(make_objective(spec, display), n_trials=n_trials, timeout=timeout,
+                   catch=(Exception,), callbacks=callbacks)
+    return study
+
+
+__all__ = ["SetupError", "make_objective", "run_worker"]

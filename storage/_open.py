@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+
+from storage._journal import HeartbeatJournalStorage
+
+DEFAULT_ENV = "SEARCH_STORAGE"
+JOURNAL_SUFFIXES = (".journal", ".log")
+
+
+class StorageError(Exception):
+    """A storage URL that cannot be opened; the message never holds a password."""
+
+
+def default_url() -> str:
+    """The embedded store: one journal file per user, shared by every local worker."""
+    data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return str(data_home / "search" / "studies.journal")
+
+
+def resolve_url(url: str | None) -> str:
+    """``--storage``, else ``$SEARCH_STORAGE``, else the embedded default."""
+    return url or os.environ.get(DEFAULT_ENV) or default_url()
+
+
+def mask_url(url: str) -> str:
+    if "://" not in url or url.startswith("journal://"):
+        return url
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        # Unparseable: still hide whatever sits between "://user:" and "@".
+        scheme, rest = url.split("://", 1)
+        if "@" in rest:
+            creds, host = rest.rsplit("@", 1)
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+        return url
+
+
+def _heartbeat_settings() -> tuple[int, int]:
+    # Grace of several intervals: one slow write must not fail a live trial.
+    interval = int(os.environ.get("SEARCH_HEARTBEAT_INTERVAL", "10"))
+    grace = int(os.environ.get("SEARCH_GRACE_PERIOD", str(6 * interval)))
+    return interval, grace
+
+
+def _journal_path(url: str) -> Path | None:
+    if url.startswith("journal://"):
+        return Path(url[len("journal://"):])
+    if "://" not in url:
+        return Path(url)
+    return None
+
+
+def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
+    """Open (and for a journal file, create) the storage; raises StorageError in one line."""
+    url = resolve_url(url)
+    with warnings.catch_warnings():
+        # The heartbeat and its retry callback are marked experimental; they are what we want.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _open(url)
+
+
+def _open(url: str) -> optuna.storages.BaseStorage:
+    interval, grace = _heartbeat_settings()
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
+    path = _journal_path(url)
+    if path is not None:
+        if path.suffix not in JOURNAL_SUFFIXES:
+            raise StorageError(
+                f"storage {url!r}: not a storage URL; give postgresql+psycopg2://user@host/db "
+                f"or a journal file path ending in {' or '.join(JOURNAL_SUFFIXES)}"
+            )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = JournalFileBackend(str(path))
+        except OSError as e:
+            raise StorageError(f"storage {url}: cannot open journal file: {e.strerror or e}") from None
+        return HeartbeatJournalStorage(
+            backend, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=retry
+        )
+    try:
+        return RDBStorage(
+            url,
+            # A worker holds at most a couple of connections; pre-ping replaces ones the
+            # server dropped (restart, idle timeout, pg_terminate_backend) before use.
+            engine_kwargs={"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 1800},
+            heartbeat_interval=interval,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=retry,
+        )
+    except Exception as e:  # sqlalchemy/psycopg2 errors may carry the URL: never echo it raw
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StorageError(f"storage {mask_url(url)}: cannot connect: {_scrub(reason, url)}") from None
+
+
+def _scrub(text: str, url: str) -> str:
+    try:
+        password = sqlalchemy.engine.make_url(url).password
+    except sqlalchemy.exc.ArgumentError:
+        password = None
+    return text.replace(password, "***") if password else text
