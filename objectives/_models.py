@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import os
+import socket
 from pathlib import Path
 
 import torch
@@ -30,7 +32,34 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(loader, name: str, **kwargs):
+    """Local directory or HF cache first; the hub only when it answers (no minute of retries)."""
+    path = resolve_model(name)
+    try:
+        return loader(path, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as e:
+        if Path(path).exists() or not _hub_reachable():
+            raise _load_error(name, e) from None
+    try:
+        return loader(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _load_error(name, e) from None
+
+
 def _load_error(name: str, error: Exception) -> SetupError:
+    if not Path(name).exists() and not _hub_reachable():
+        return SetupError(f"model {name!r} is neither a local directory nor in the HF cache, and the hub is "
+                          "unreachable: give a local directory, or 'minilm' (offline MiniLM weights)")
     where = "local directory" if Path(name).exists() else "hub id (offline or unknown?)"
     return SetupError(
         f"model {name!r} could not be loaded as a {where}: {str(error).strip().splitlines()[0]}; "
@@ -40,19 +69,13 @@ def _load_error(name: str, error: Exception) -> SetupError:
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name: str) -> transformers.PreTrainedTokenizerBase:
-    try:
-        return transformers.AutoTokenizer.from_pretrained(resolve_model(name))
-    except (OSError, ValueError) as e:
-        raise _load_error(name, e) from None
+    return _from_pretrained(transformers.AutoTokenizer.from_pretrained, name)
 
 
 @functools.lru_cache(maxsize=2)
 def _pretrained(auto_class: type, name: str) -> tuple[torch.nn.Module, tuple[str, ...]]:
     """The loaded model and the names of the modules it had to initialise (the task head)."""
-    try:
-        model, info = auto_class.from_pretrained(resolve_model(name), output_loading_info=True)
-    except (OSError, ValueError) as e:
-        raise _load_error(name, e) from None
+    model, info = _from_pretrained(auto_class.from_pretrained, name, output_loading_info=True)
     fresh = {key.rsplit(".", 1)[0] for key in info["missing_keys"]}
     return model.eval(), tuple(sorted(fresh))
 

@@ -77,22 +77,29 @@ def worker(
 ) -> None:
     """Run trials of a study; creates the study from its spec on first use."""
     from search.display import WorkerDisplay
-    from search.export import best_trial
-    from search.worker import MAX_CONSECUTIVE_FAILURES, run_worker
+    from search.export import best_trial, state_counts
+    from search.study import build_study
+    from search.worker import MAX_CONSECUTIVE_FAILURES, prepare, run_trials
 
     spec = load_spec(study, _parse_sets(set_))
+    prepare(spec)
     opened, where = _open(storage)
-    console.print(f"study [bold]{name or spec.name}[/] ({spec.objective}) on {where}: "
+    result, _ = build_study(spec, opened, name=name)
+    console.print(f"study [bold]{result.study_name}[/] ({spec.objective}) on {where}: "
                   f"{spec.metric.name} target {spec.target.value:g}, baseline {spec.baseline.value:g}")
     with WorkerDisplay(spec, console) as display:
-        result = run_worker(spec, opened, name=name, n_trials=n_trials, timeout=timeout, display=display)
+        run_trials(result, spec, n_trials=n_trials, timeout=timeout, display=display)
     trials = result.get_trials(deepcopy=False)
     tail = trials[-MAX_CONSECUTIVE_FAILURES:]
     if len(tail) == MAX_CONSECUTIVE_FAILURES and all(t.state.name == "FAIL" for t in tail):
         err_console.print(f"error: stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row; last: "
                           f"{tail[-1].user_attrs.get('end_reason', 'unknown')}")
         raise typer.Exit(1)
-    _print_status(result, spec, where, best_trial(result))
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in state_counts(result).items() if n)
+    best = best_trial(result)
+    best_text = f"best {best.value:.4f} (trial {best.number})" if best else "no completed trial yet"
+    console.print(f"worker done. {result.study_name}: {counts}; {best_text}, target {spec.target.value:g}. "
+                  f"Details: search status --study {result.study_name}")
 
 
 def _print_status(study: Any, spec: Any, where: str, best: Any) -> None:
@@ -182,10 +189,13 @@ def run(
         objective_name, params = record["objective"], record["params"]
     except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
         raise SpecError(f"{config}: not a config written by `search export` ({type(e).__name__}: {e})") from None
+    if not isinstance(params, dict):
+        raise SpecError(f"{config}: params: expected a mapping of parameter names to values")
     objective = get_objective(objective_name)
     unknown = set(params) - set(objective.PARAMS)
     if unknown:
         raise SpecError(f"{config}: params.{sorted(unknown)[0]}: not a parameter of objective {objective_name}")
+    params = {**objective.PARAMS, **params}  # a hand-trimmed config runs with the objective's defaults
     objective.prepare(params)
     start = time.perf_counter()
     result = objective.train(params, _ConsoleReporter(), on_test=on_test)
@@ -233,15 +243,15 @@ def studies(storage: Optional[str] = StorageOpt) -> None:
         spec = summary.user_attrs.get(SPEC_ATTR) or {}
         best = summary.best_trial.value if summary.best_trial else None
         created = summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else ""
-        complete = len(opened.get_all_trials(summary._study_id, deepcopy=False,
-                                             states=(optuna.trial.TrialState.COMPLETE,)))
+        study_id = opened.get_study_id_from_name(summary.study_name)
+        complete = len(opened.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         table.add_row(summary.study_name, str(summary.n_trials), str(complete),
                       "—" if best is None else f"{best:.4f}", f"{spec.get('target', {}).get('value', '—')}", created)
     console.print(table)
 
 
 def main() -> None:
-    os.environ.setdefault("TZ", "UTC")  # trial timestamps in UTC on every worker
+    os.environ["TZ"] = "UTC"  # trial timestamps in UTC on every worker, whatever the machine's zone
     time.tzset()
     import optuna
 

@@ -61,12 +61,15 @@ class WorkerDisplay:
         except ValueError:  # no completed trial yet
             pass
         state = trial.state.name.lower()
-        reason = trial.user_attrs.get("end_reason", "")
-        value = f" {self.spec.metric.name} {trial.value:.4f}" if trial.value is not None else ""
-        style = {"complete": "green", "pruned": "yellow", "fail": "red"}.get(state, "")
+        value = f"{self.spec.metric.name} {trial.value:.4f}" if trial.value is not None else ""
+        if state == "complete":
+            outcome = f"[green]trial {trial.number} complete[/]: {value}"
+        else:
+            reason = trial.user_attrs.get("end_reason", state).removeprefix("pruned ")
+            style = "yellow" if state == "pruned" else "red"
+            outcome = f"[{style}]trial {trial.number} {state}[/] {reason}" + (f" ({value})" if value else "")
         reached = "  [bold green]target reached" if self.best is not None and self._reached(self.best) else ""
-        self.console.print(f"[{style}]trial {trial.number} {state}[/]{value} {reason if state != 'complete' else ''}  "
-                           f"({self._against_target(self.best)}){reached}")
+        self.console.print(f"{outcome}  ({self._against_target(self.best)}){reached}")
 
     def _reached(self, value: float) -> bool:
         t = self.spec.target.value

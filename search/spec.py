@@ -195,7 +195,10 @@ def validate(data: Any, source: str) -> StudySpec:
         spec = StudySpec.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("function-after", "tagged-union")))
+        parts = [str(x) for x in err["loc"] if not str(x).startswith(("function-after", "tagged-union"))]
+        if len(parts) >= 3 and parts[0] == "space" and parts[2] in {"float", "int", "categorical"}:
+            del parts[2]  # pydantic's union tag (the param's type), not a key of the file
+        loc = ".".join(parts)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key (allowed: {_allowed_keys(err['loc'])})"

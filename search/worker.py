@@ -6,7 +6,7 @@ from typing import Any
 
 import optuna
 
-from objectives import SetupError, TrialReporter, get_objective
+from objectives import TrialReporter, get_objective
 from search.display import WorkerDisplay
 from search.spec import StudySpec
 from search.study import build_study, suggest
@@ -61,19 +61,26 @@ class _StopAfterFailures:
             study.stop()
 
 
-def run_worker(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: str | None = None,
-               n_trials: int | None = None, timeout: float | None = None,
-               display: WorkerDisplay | None = None) -> optuna.Study:
-    """Run trials until ``n_trials`` (this worker's), ``timeout`` seconds, or a stop."""
-    # Load data and model first: a missing dataset or model must not leave a study behind.
+def prepare(spec: StudySpec) -> None:
+    """Load data and model before the storage is touched: a missing dataset or model must not
+    leave a study (or an empty journal file) behind. The warm caches then serve every trial."""
     get_objective(spec.objective).prepare(spec.params({}))
-    study, _ = build_study(spec, storage, name=name)
+
+
+def run_trials(study: optuna.Study, spec: StudySpec, *, n_trials: int | None = None,
+               timeout: float | None = None, display: WorkerDisplay | None = None) -> None:
+    """Run trials until ``n_trials`` (this worker's), ``timeout`` seconds, or a stop."""
     callbacks: list[Any] = [_StopAfterFailures(MAX_CONSECUTIVE_FAILURES)]
     if display:
         callbacks.append(display.trial_finished)
     study.optimize(make_objective(spec, display), n_trials=n_trials, timeout=timeout,
                    catch=(Exception,), callbacks=callbacks)
+
+
+def run_worker(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: str | None = None,
+               n_trials: int | None = None, timeout: float | None = None,
+               display: WorkerDisplay | None = None) -> optuna.Study:
+    prepare(spec)
+    study, _ = build_study(spec, storage, name=name)
+    run_trials(study, spec, n_trials=n_trials, timeout=timeout, display=display)
     return study
-
-
-__all__ = ["SetupError", "make_objective", "run_worker"]

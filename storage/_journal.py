@@ -44,9 +44,12 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         deadline = time.time() - self._grace_period
         stale = []
         for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = trial.system_attrs.get(HEARTBEAT_ATTR)
-            if beat is None and trial.datetime_start is not None:
-                beat = trial.datetime_start.timestamp()
+            # A retry inherits the stale trial's system attrs, its last beat included: a trial
+            # that started after the deadline is alive whatever beat it carries.
+            beats = [trial.system_attrs.get(HEARTBEAT_ATTR)]
+            if trial.datetime_start is not None:
+                beats.append(trial.datetime_start.timestamp())
+            beat = max((b for b in beats if b is not None), default=None)
             if beat is not None and beat < deadline:
                 stale.append(trial._trial_id)
         return stale

@@ -35,7 +35,7 @@ def mask_url(url: str) -> str:
         return url
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
         # Unparseable: still hide whatever sits between "://user:" and "@".
         scheme, rest = url.split("://", 1)
         if "@" in rest:
@@ -104,6 +104,6 @@ def _open(url: str) -> optuna.storages.BaseStorage:
 def _scrub(text: str, url: str) -> str:
     try:
         password = sqlalchemy.engine.make_url(url).password
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
         password = None
     return text.replace(password, "***") if password else text
