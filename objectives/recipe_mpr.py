@@ -28,6 +28,7 @@ from objectives._models import load_model, load_tokenizer
 from objectives._reporting import Reporter, SetupError
 
 METRIC = "accuracy"
+FOLDS = range(5)  # confirmation trains once per official fold and scores its held-out test items
 QUERY_TYPES = ("Specific", "Commonsense", "Negated", "Analogical", "Temporal")
 BY_RARITY = ("Analogical", "Temporal", "Negated", "Specific", "Commonsense")  # 30, 32, 109, 151, 268 items
 _REPO = "https://raw.githubusercontent.com/D3Mlab/Recipe-MPR/6db37033ed6f2f6371933354369f6912cf85dbb8"

@@ -23,7 +23,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 err_console = Console(stderr=True)
 
-USER_ERRORS = (SpecError, SetupError, StorageError, StudyNotFound)
+class CommandError(Exception):
+    """Anything else a user can cause (a busy port, an unwritable file): one line, exit 2."""
+
+
+USER_ERRORS = (SpecError, SetupError, StorageError, StudyNotFound, CommandError)
 
 StorageOpt = typer.Option(None, "--storage", help="Storage URL (postgresql+psycopg2://... or a .journal file); "
                           "default $SEARCH_STORAGE, else the embedded store.", show_default=False)
@@ -88,7 +92,7 @@ def worker(
     console.print(f"study [bold]{result.study_name}[/] ({spec.objective}) on {where}: "
                   f"{spec.metric.name} target {spec.target.value:g}, baseline {spec.baseline.value:g}")
     with WorkerDisplay(spec, console) as display:
-        run_trials(result, spec, n_trials=n_trials, timeout=timeout, display=display)
+        run_trials(result, spec, opened, n_trials=n_trials, timeout=timeout, display=display)
     trials = result.get_trials(deepcopy=False)
     tail = trials[-MAX_CONSECUTIVE_FAILURES:]
     if len(tail) == MAX_CONSECUTIVE_FAILURES and all(t.state.name == "FAIL" for t in tail):
@@ -155,21 +159,28 @@ def status(
 def export(
     study: str = typer.Option(..., "--study", help="Study name in storage."),
     output: Path = typer.Option(..., "-o", "--output", help="YAML file to write."),
+    top: int = typer.Option(1, "--top", min=1, help="Also write the next K-1 configurations (under `others`)."),
     storage: Optional[str] = StorageOpt,
 ) -> None:
-    """Write the winning configuration, complete and runnable, as YAML."""
-    from search.export import best_trial, export_config
+    """Write the winning configuration, complete and runnable, as YAML (with confirmed figures)."""
+    from search.export import best_trial, export_top
     from search.study import load_study
 
     opened, where = _open(storage)
     found, spec = load_study(study, opened, where)
-    best = best_trial(found)
-    if best is None:
+    if best_trial(found) is None:
         raise StudyNotFound(f"study {study!r} has no completed trial yet: nothing to export")
-    record = export_config(found, spec, best, str(output))
-    output.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
-    console.print(f"wrote {output}: trial {best.number}, {spec.metric.name} {best.value:.4f} "
-                  f"(target {spec.target.value:g}: {'reached' if record['target']['reached'] else 'not reached'})")
+    record = export_top(found, spec, str(output), top)
+    try:
+        output.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+    except OSError as e:
+        raise CommandError(f"cannot write {output}: {e.strerror or e}") from None
+    confirmed = record["confirmed"]
+    confirmed_text = f"; confirmed {confirmed['mean']:.4f} ± {confirmed['std']:.4f} on test" if confirmed else ""
+    console.print(f"wrote {output}: trial {record['trial']}, {spec.metric.name} {record['metric']['value']:.4f} "
+                  f"(validation{confirmed_text}; target {spec.target.value:g}: "
+                  f"{'reached' if record['target']['reached'] else 'not reached'})"
+                  + (f" and {len(record['others'])} more" if record.get("others") else ""))
     console.print(f"re-run it with: {record['rerun']}")
 
 
@@ -182,13 +193,17 @@ class _ConsoleReporter(Reporter):
 def run(
     config: Path = typer.Option(..., "--config", help="A YAML file written by `search export`."),
     on_test: bool = typer.Option(False, "--on-test", help="Also score the held-out test split (confirmation only)."),
+    rank: int = typer.Option(1, "--rank", min=1, help="Which configuration of an `export --top K` file."),
 ) -> None:
     """One training run from an exported configuration; no study needed."""
     try:
         record = yaml.safe_load(config.read_text())
+        if rank > 1:
+            record = record["others"][rank - 2]
         objective_name, params = record["objective"], record["params"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
-        raise SpecError(f"{config}: not a config written by `search export` ({type(e).__name__}: {e})") from None
+    except (OSError, yaml.YAMLError, KeyError, TypeError, IndexError) as e:
+        raise SpecError(f"{config}: not a config written by `search export` (or no rank {rank}): "
+                        f"{type(e).__name__}: {e}") from None
     if not isinstance(params, dict):
         raise SpecError(f"{config}: params: expected a mapping of parameter names to values")
     objective = get_objective(objective_name)
@@ -248,6 +263,88 @@ def studies(storage: Optional[str] = StorageOpt) -> None:
         table.add_row(summary.study_name, str(summary.n_trials), str(complete),
                       "—" if best is None else f"{best:.4f}", f"{spec.get('target', {}).get('value', '—')}", created)
     console.print(table)
+
+
+@app.command()
+def confirm(
+    study: str = typer.Option(..., "--study", help="Study name in storage."),
+    top: int = typer.Option(3, "--top", min=1, help="How many of the best configurations to confirm."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="New seeds per configuration."),
+    storage: Optional[str] = StorageOpt,
+) -> None:
+    """Re-train the top configurations with new seeds on every fold; score held-out test items.
+
+    Resumable, and several processes (on several GPUs or machines) share the runs.
+    """
+    from search.confirm import open_confirm_study, plan, run_confirmations
+    from search.export import best_trial
+    from search.study import load_study
+    from search.worker import prepare
+
+    opened, where = _open(storage)
+    found, spec = load_study(study, opened, where)
+    if best_trial(found) is None:
+        raise StudyNotFound(f"study {study!r} has no completed trial yet: nothing to confirm")
+    prepare(spec)
+    runs = plan(found, spec, top=top, seeds=seeds)
+    confirm_study = open_confirm_study(found, spec, opened, runs)
+    console.print(f"confirming {len({r['source_trial'] for r in runs})} configurations of {study} x {seeds} seeds: "
+                  f"{len(runs)} runs in {confirm_study.study_name} on {where}")
+
+    def on_run(number: int, source: int, seed: int, fold: Any, value: float) -> None:
+        fold_text = f" fold {fold}" if fold is not None else ""
+        console.print(f"run {number}: trial {source} seed {seed}{fold_text}: test {spec.metric.name} {value:.4f}")
+
+    run_confirmations(found, spec, opened, confirm_study, on_run)
+    _print_confirmed(found, spec)
+
+
+def _print_confirmed(study: Any, spec: Any) -> None:
+    from search.report import CONFIRMED_ATTR
+
+    confirmed = sorted(study.user_attrs.get(CONFIRMED_ATTR, {}).items(), key=lambda kv: -kv[1]["mean"])
+    if not confirmed:
+        console.print("no configuration has all its runs finished yet")
+        return
+    table = Table(title=f"{study.study_name}: confirmed on held-out test items, mean ± sd over seeds")
+    for col in ("trial", "validation (search)", "confirmed (test)", "seeds", "vs target"):
+        table.add_column(col, justify="right")
+    trials = study.get_trials(deepcopy=False)
+    for number, c in confirmed:
+        table.add_row(number, f"{trials[int(number)].value:.4f}", f"{c['mean']:.4f} ± {c['std']:.4f}",
+                      str(len(c["seeds"])), f"{c['mean'] - spec.target.value:+.4f}")
+    console.print(table)
+    slices = Table(title="confirmed per slice (test)")
+    slices.add_column("slice")
+    for number, _ in confirmed:
+        slices.add_column(f"trial {number}", justify="right")
+    if spec.baseline.slices:
+        slices.add_column("seed baseline", justify="right")
+    for name in confirmed[0][1]["slices"]:
+        cells = [c["slices"][name] for _, c in confirmed]
+        row = ["absent" if p["mean"] is None else f"{p['mean']:.3f} ± {p['std']:.3f}" for p in cells]
+        if spec.baseline.slices:
+            row.append(f"{spec.baseline.slices[name]:.3f}" if name in spec.baseline.slices else "")
+        slices.add_row(name, *row)
+    console.print(slices)
+    console.print(f"{confirmed[0][1]['what']}. Baseline {spec.baseline.value:g}: {spec.baseline.source}", soft_wrap=True)
+
+
+@app.command()
+def dashboard(
+    storage: Optional[str] = StorageOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback unless told otherwise."),
+    port: int = typer.Option(8080, "--port"),
+) -> None:
+    """Serve optuna-dashboard on the storage the workers use."""
+    from optuna_dashboard import run_server
+
+    opened, where = _open(storage)
+    console.print(f"optuna-dashboard for {where} on http://{host}:{port}/ (Ctrl-C stops it)")
+    try:
+        run_server(opened, host=host, port=port)
+    except OSError as e:
+        raise CommandError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import optuna
 
+from search.report import CONFIRMED_ATTR, ranked
 from search.spec import StudySpec
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
@@ -32,6 +33,18 @@ def rerun_command(path: str) -> str:
     return f"search run --config {path}"
 
 
+def export_top(study: optuna.Study, spec: StudySpec, path: str, top: int = 1) -> dict[str, Any]:
+    """The best configuration at the top level (what ``search run`` runs), the next ``top - 1``
+    under ``others`` (``search run --rank N``)."""
+    best, *rest = ranked(study, spec)[:top]
+    record = export_config(study, spec, best, path)
+    if rest:
+        record["others"] = [export_config(study, spec, t, path) for t in rest]
+        for rank, other in enumerate(record["others"], start=2):
+            other["rerun"] = f"{rerun_command(path)} --rank {rank}"
+    return record
+
+
 def export_config(study: optuna.Study, spec: StudySpec, trial: optuna.trial.FrozenTrial, path: str) -> dict[str, Any]:
     """A complete, self-contained record: running it needs no study (``search run --config``)."""
     value = float(trial.value)
@@ -50,6 +63,7 @@ def export_config(study: optuna.Study, spec: StudySpec, trial: optuna.trial.Froz
         "target": {"value": spec.target.value, "reached": reached(spec, value), "source": spec.target.source},
         "baseline": {"value": spec.baseline.value, "source": spec.baseline.source},
         "slices": {k: v for k, v in trial.user_attrs.items() if k.startswith("per_")},
+        "confirmed": study.user_attrs.get(CONFIRMED_ATTR, {}).get(str(trial.number)),
         "params": spec.params(trial.params),
         "tuned": sorted(trial.params),
         "rerun": rerun_command(path),

@@ -94,6 +94,7 @@ class Metric(_Strict):
 class Reference(_Strict):
     value: float
     source: str
+    slices: dict[str, float] = {}  # per-slice figures where the source gives them (baseline)
 
 
 class Component(_Strict):

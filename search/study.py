@@ -34,6 +34,7 @@ def build_study(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: 
         _wait_ready(study, wait_seconds)
         check_same_spec(study, spec)
         return study, False
+    study.set_metric_names([spec.metric.name])
     study.set_user_attr(SPEC_ATTR, spec.as_dict())
     for config in spec.known_configs:
         study.enqueue_trial(config.params, user_attrs={"known_config": config.name}, skip_if_exists=True)

@@ -8,6 +8,7 @@ import optuna
 
 from objectives import TrialReporter, get_objective
 from search.display import WorkerDisplay
+from search.report import dashboard_callback
 from search.spec import StudySpec
 from search.study import build_study, suggest
 
@@ -49,7 +50,7 @@ def make_objective(spec: StudySpec, display: WorkerDisplay | None = None):
     return run_trial
 
 
-class _StopAfterFailures:
+class StopAfterFailures:
     """A worker whose trials keep failing (data gone, a broken spec) stops instead of spinning."""
 
     def __init__(self, limit: int) -> None:
@@ -67,10 +68,15 @@ def prepare(spec: StudySpec) -> None:
     get_objective(spec.objective).prepare(spec.params({}))
 
 
-def run_trials(study: optuna.Study, spec: StudySpec, *, n_trials: int | None = None,
-               timeout: float | None = None, display: WorkerDisplay | None = None) -> None:
-    """Run trials until ``n_trials`` (this worker's), ``timeout`` seconds, or a stop."""
-    callbacks: list[Any] = [_StopAfterFailures(MAX_CONSECUTIVE_FAILURES)]
+def run_trials(study: optuna.Study, spec: StudySpec, storage: optuna.storages.BaseStorage, *,
+               n_trials: int | None = None, timeout: float | None = None,
+               display: WorkerDisplay | None = None) -> None:
+    """Run trials until ``n_trials`` (this worker's), ``timeout`` seconds, or a stop.
+
+    After each trial the worker writes the trial's note and refreshes the study's note and
+    plots for the dashboard (``search.report``).
+    """
+    callbacks: list[Any] = [StopAfterFailures(MAX_CONSECUTIVE_FAILURES), dashboard_callback(spec, storage)]
     if display:
         callbacks.append(display.trial_finished)
     study.optimize(make_objective(spec, display), n_trials=n_trials, timeout=timeout,
@@ -82,5 +88,5 @@ def run_worker(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: s
                display: WorkerDisplay | None = None) -> optuna.Study:
     prepare(spec)
     study, _ = build_study(spec, storage, name=name)
-    run_trials(study, spec, n_trials=n_trials, timeout=timeout, display=display)
+    run_trials(study, spec, storage, n_trials=n_trials, timeout=timeout, display=display)
     return study

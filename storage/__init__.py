@@ -8,6 +8,7 @@ Both stores run Optuna's heartbeat, so a dead worker's RUNNING trial is failed a
 period and re-queued with the same parameters (``RetryHeartbeatStaleTrialCallback``).
 """
 
+from storage._lock import study_lock
 from storage._open import DEFAULT_ENV, StorageError, default_url, mask_url, open_storage, resolve_url
 
-__all__ = ["DEFAULT_ENV", "StorageError", "default_url", "mask_url", "open_storage", "resolve_url"]
+__all__ = ["DEFAULT_ENV", "StorageError", "default_url", "mask_url", "open_storage", "resolve_url", "study_lock"]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import optuna
 from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
@@ -23,13 +24,14 @@ HEARTBEAT_ATTR = "search:heartbeat"
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     def __init__(
         self,
-        backend: optuna.storages.journal.BaseJournalBackend,
+        path: str,
         *,
         heartbeat_interval: int,
         grace_period: int,
         heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None,
     ) -> None:
-        super().__init__(backend)
+        super().__init__(JournalFileBackend(path))
+        self.path = path
         self._heartbeat_interval = heartbeat_interval
         self._grace_period = grace_period
         self._stale_callback = heartbeat_stale_trial_callback

@@ -7,7 +7,6 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
 
 from storage._journal import HeartbeatJournalStorage
 
@@ -80,12 +79,11 @@ def _open(url: str) -> optuna.storages.BaseStorage:
             )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            backend = JournalFileBackend(str(path))
+            return HeartbeatJournalStorage(
+                str(path), heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=retry
+            )
         except OSError as e:
             raise StorageError(f"storage {url}: cannot open journal file: {e.strerror or e}") from None
-        return HeartbeatJournalStorage(
-            backend, heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=retry
-        )
     try:
         return RDBStorage(
             url,
