@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import optuna
@@ -34,7 +35,9 @@ def build_study(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: 
         _wait_ready(study, wait_seconds)
         check_same_spec(study, spec)
         return study, False
-    study.set_metric_names([spec.metric.name])
+    with warnings.catch_warnings():  # experimental in Optuna, and what we want: no warning on stderr
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([spec.metric.name])
     study.set_user_attr(SPEC_ATTR, spec.as_dict())
     for config in spec.known_configs:
         study.enqueue_trial(config.params, user_attrs={"known_config": config.name}, skip_if_exists=True)
