@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from transformers import AutoModelForMultipleChoice
 
 from objectives._data import task_files
@@ -88,6 +87,8 @@ def splits(params: dict[str, Any]) -> dict[str, list[int]]:
     if not 0 <= fold < len(folds):
         raise SetupError(f"fold must be 0..{len(folds) - 1}, not {fold}")
     train_idx, _, test_idx = folds[fold]
+    from sklearn.model_selection import train_test_split  # 2.5 s to import: only when splitting
+
     # Stratify on each item's rarest query type so the few Analogical/Temporal items are spread.
     rarest = [min(query_types(items[i]), key=BY_RARITY.index, default="none") for i in train_idx]
     fit_idx, val_idx = train_test_split(

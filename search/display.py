@@ -51,9 +51,9 @@ class WorkerDisplay:
                              total=steps_per_epoch)
 
     def on_epoch(self, epoch: int, value: float) -> None:
-        best = value if self.best is None else (max if self.spec.metric.direction == "maximize" else min)(self.best, value)
+        # "best" is the best completed trial's value: an epoch of a running trial is not a result.
         self.console.print(f"trial {self._trial} epoch {epoch}: {self.spec.metric.name} {value:.4f}  "
-                           f"({self._against_target(best)})")
+                           f"({self._against_target(self.best)})")
 
     def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         try:

@@ -83,6 +83,8 @@ def spec_diff(recorded: Any, here: Any, path: str = "") -> list[str]:
             else:
                 out.extend(spec_diff(recorded[key], here[key], sub))
         return out
+    if isinstance(recorded, list) and isinstance(here, list) and len(recorded) == len(here):
+        return [d for i, (a, b) in enumerate(zip(recorded, here)) for d in spec_diff(a, b, f"{path}.{i}")]
     return [] if recorded == here else [f"{path}: study {recorded!r}, here {here!r}"]
 
 
