@@ -2,17 +2,23 @@
 
 An objective module defines ``METRIC`` (the name of the value it returns), ``PARAMS`` (every
 parameter it takes, with its default), ``prepare(params)`` (load data and model, raising
-``SetupError``) and ``train(params, reporter) -> dict``. It knows nothing of storages or the CLI.
+``SetupError``) and ``train(params, reporter) -> dict``. Optional: ``FOLDS`` (confirmation trains
+once per fold), ``EXTRA_METRICS`` (other figures it records on the trial, which a spec's
+``references`` may name) and ``compute_baseline(params) -> dict`` (a baseline measured on the
+study's own data when the study is created). It knows nothing of storages or the CLI.
+
+Every public module of this package is an objective: adding a task is adding a file.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from types import ModuleType
 
 from objectives._reporting import Reporter, SetupError, TrialReporter
 
-OBJECTIVES = ("recipe_mpr",)
+OBJECTIVES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 __all__ = ["OBJECTIVES", "Reporter", "SetupError", "TrialReporter", "get_objective"]
 

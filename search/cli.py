@@ -82,13 +82,14 @@ def worker(
     """Run trials of a study; creates the study from its spec on first use."""
     from search.display import WorkerDisplay
     from search.export import best_trial, state_counts
-    from search.study import build_study
+    from search.study import build_study, with_study_baseline
     from search.worker import MAX_CONSECUTIVE_FAILURES, prepare, run_trials
 
     spec = load_spec(study, _parse_sets(set_))
     prepare(spec)
     opened, where = _open(storage)
     result, _ = build_study(spec, opened, name=name)
+    spec = with_study_baseline(spec, result)
     console.print(f"study [bold]{result.study_name}[/] ({spec.objective}) on {where}: "
                   f"{spec.metric.name} target {spec.target.value:g}, baseline {spec.baseline.value:g}")
     with WorkerDisplay(spec, console) as display:
@@ -126,7 +127,20 @@ def _print_status(study: Any, spec: Any, where: str, best: Any) -> None:
         summary.add_row("best", "no completed trial yet", "")
     summary.add_row("target", f"{spec.target.value:.4f}", "", )
     summary.add_row("baseline", f"{spec.baseline.value:.4f}", f"{spec.baseline.value - spec.target.value:+.4f}")
+    for line in spec.references:
+        if line.metric in (None, spec.metric.name):
+            summary.add_row(line.name, f"{line.value:.4f}", f"{line.value - spec.target.value:+.4f}")
     console.print(summary)
+    other = [line for line in spec.references if line.metric not in (None, spec.metric.name)]
+    if other:
+        goals = Table(title="other figures")
+        for col in ("", "goal", "best trial", "source"):
+            goals.add_column(col, justify="left" if col in ("", "source") else "right")
+        for line in other:
+            measured = best.user_attrs.get(line.metric) if best is not None else None
+            goals.add_row(f"{line.name} ({line.metric})", f"{line.value:.4g}",
+                          "—" if measured is None else f"{measured:.4g}", line.source)
+        console.print(goals)
     if best is None:
         return
     params = Table(title="best configuration")
@@ -245,8 +259,9 @@ def studies(storage: Optional[str] = StorageOpt) -> None:
     for name in available_specs():
         try:
             s = load_spec(name)
+            baseline = "computed" if s.baseline.computed else f"{s.baseline.value:g}"
             specs.add_row(name, s.objective, f"{s.metric.name} ({s.metric.direction})", f"{s.target.value:g}",
-                          f"{s.baseline.value:g}", str(len(s.space)))
+                          baseline, str(len(s.space)))
         except (SpecError, SetupError) as e:
             specs.add_row(name, f"[red]invalid: {e}", "", "", "", "")
     console.print(specs)
@@ -319,7 +334,7 @@ def _print_confirmed(study: Any, spec: Any) -> None:
     for number, _ in confirmed:
         slices.add_column(f"trial {number}", justify="right")
     if spec.baseline.slices:
-        slices.add_column("seed baseline", justify="right")
+        slices.add_column("baseline", justify="right")
     for name in confirmed[0][1]["slices"]:
         cells = [c["slices"][name] for _, c in confirmed]
         row = ["absent" if p["mean"] is None else f"{p['mean']:.3f} ± {p['std']:.3f}" for p in cells]

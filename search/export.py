@@ -62,6 +62,7 @@ def export_config(study: optuna.Study, spec: StudySpec, trial: optuna.trial.Froz
         },
         "target": {"value": spec.target.value, "reached": reached(spec, value), "source": spec.target.source},
         "baseline": {"value": spec.baseline.value, "source": spec.baseline.source},
+        "references": [line.model_dump(exclude_none=True) for line in spec.references],
         "slices": {k: v for k, v in trial.user_attrs.items() if k.startswith("per_")},
         "confirmed": study.user_attrs.get(CONFIRMED_ATTR, {}).get(str(trial.number)),
         "params": spec.params(trial.params),

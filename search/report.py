@@ -103,7 +103,7 @@ def trial_note(spec: StudySpec, trial: FrozenTrial) -> str:
     lines += [f"| {k} | {_fmt(v)} | {_fmt(base.get(k, '—'))} |" for k, v in trial.params.items()]
     per = slices(trial.user_attrs, metric)
     if per:
-        lines += ["", f"| slice | {metric} | seed baseline |", "|---|---|---|"]
+        lines += ["", f"| slice | {metric} | baseline |", "|---|---|---|"]
         lines += [f"| {k} | {_fmt(v)} | {_fmt(spec.baseline.slices.get(k, '—'))} |" for k, v in per.items()]
     epochs = trial.user_attrs.get("epochs") or []
     if epochs:
@@ -130,12 +130,19 @@ def study_note(study: optuna.Study, spec: StudySpec) -> str:
     lines += [f"| | {metric} | what it is |", "|---|---|---|",
               f"| target | {spec.target.value:.4f} | {spec.target.source} |",
               f"| baseline | {spec.baseline.value:.4f} | {spec.baseline.source} |"]
+    lines += [f"| {line.name} | {line.value:.4f} | {line.source} |" for line in same_metric_references(spec)]
     if top:
         lines.append(f"| best, validation (search) | {top[0].value:.4f} | trial {top[0].number}, "
                      f"{top[0].user_attrs.get('n_items', '?')} validation items; selected on it, so optimistic |")
     for number, c in sorted(study.user_attrs.get(CONFIRMED_ATTR, {}).items(), key=lambda kv: -kv[1]["mean"]):
         lines.append(f"| confirmed, test (trial {number}) | {c['mean']:.4f} ± {c['std']:.4f} | "
                      f"{c['what']} |")
+    other = [line for line in spec.references if line not in same_metric_references(spec)]
+    if other:
+        lines += ["", "| other figure | goal | best trial | what it is |", "|---|---|---|---|"]
+        for line in other:
+            measured = top[0].user_attrs.get(line.metric) if top else None
+            lines.append(f"| {line.metric} ({line.name}) | {line.value:.4g} | {_fmt(measured)} | {line.source} |")
     base = baseline_params(spec)
     if top:
         per_names = list(slices(top[0].user_attrs, metric))
@@ -160,6 +167,13 @@ def _reference_lines(fig: go.Figure, spec: StudySpec) -> None:
                   annotation_text=f"target {spec.target.value:g}", annotation_position="top left")
     fig.add_hline(y=spec.baseline.value, line_dash="dot", line_color="gray",
                   annotation_text=f"baseline {spec.baseline.value:g}", annotation_position="bottom left")
+    for line in same_metric_references(spec):
+        fig.add_hline(y=line.value, line_dash="dashdot", line_color="steelblue",
+                      annotation_text=f"{line.name} {line.value:g}", annotation_position="top right")
+
+
+def same_metric_references(spec: StudySpec) -> list[Any]:
+    return [line for line in spec.references if line.metric in (None, spec.metric.name)]
 
 
 def _best_so_far(spec: StudySpec, values: list[float]) -> list[float]:
@@ -207,7 +221,7 @@ def figures(study: optuna.Study, spec: StudySpec) -> dict[str, go.Figure]:
         fig.add_bar(x=list(per), y=[v if v is not None else 0 for v in per.values()],
                     name=f"best trial {top.number} (validation)")
         if spec.baseline.slices:
-            fig.add_bar(x=list(spec.baseline.slices), y=list(spec.baseline.slices.values()), name="seed baseline")
+            fig.add_bar(x=list(spec.baseline.slices), y=list(spec.baseline.slices.values()), name="baseline")
     fig.add_hline(y=spec.target.value, line_dash="dash", line_color="green", annotation_text=f"target {spec.target.value:g}")
     fig.update_layout(title=f"Best trial's {metric} per slice against the baseline's", barmode="group",
                       yaxis_title=metric)

@@ -92,9 +92,38 @@ class Metric(_Strict):
 
 
 class Reference(_Strict):
+    """A figure the study is measured against, and where it comes from."""
+
     value: float
     source: str
-    slices: dict[str, float] = {}  # per-slice figures where the source gives them (baseline)
+    slices: dict[str, float] = {}  # per-slice figures where the source gives them
+
+
+class Baseline(_Strict):
+    """Where the user starts from: a figure from the seed, or one the objective measures on the
+    study's own data when the study is created (``computed: true``, e.g. TF-IDF + logistic
+    regression on the same splits); it is then stored on the study."""
+
+    value: float | None = None
+    source: str
+    slices: dict[str, float] = {}
+    computed: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Baseline:
+        if self.computed == (self.value is not None):
+            raise ValueError("give either a value or computed: true (measured when the study is created)")
+        return self
+
+
+class Line(_Strict):
+    """Another figure drawn and tabulated beside the target: a published result, a second goal.
+    ``metric`` names another figure the objective records on each trial (default: the study's)."""
+
+    name: str
+    value: float
+    source: str
+    metric: str | None = None
 
 
 class Component(_Strict):
@@ -115,7 +144,8 @@ class StudySpec(_Strict):
     description: str = ""
     metric: Metric
     target: Reference
-    baseline: Reference
+    baseline: Baseline
+    references: list[Line] = []
     fixed: dict[str, Any] = {}
     space: dict[str, Param]
     sampler: Component = Component(type="TPESampler")
@@ -209,13 +239,15 @@ def validate(data: Any, source: str) -> StudySpec:
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> str:
-    models = {(): StudySpec, ("metric",): Metric, ("target",): Reference, ("baseline",): Reference,
+    models = {(): StudySpec, ("metric",): Metric, ("target",): Reference, ("baseline",): Baseline,
               ("sampler",): Component, ("pruner",): Component}
     parent = tuple(loc[:-1])
     if parent and parent[0] == "space" and len(parent) >= 3:
         model = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}.get(str(parent[2]), FloatParam)
     elif parent and parent[0] == "known_configs":
         model = KnownConfig
+    elif parent and parent[0] == "references":
+        model = Line
     else:
         model = models.get(parent, StudySpec)
     return ", ".join(model.model_fields)
@@ -229,6 +261,13 @@ def _check_against_objective(spec: StudySpec, source: str) -> None:
     allowed = objective.PARAMS
     if spec.metric.name != objective.METRIC:
         raise SpecError(f"{source}: metric.name: objective {spec.objective} returns {objective.METRIC!r}, not {spec.metric.name!r}")
+    if spec.baseline.computed and not hasattr(objective, "compute_baseline"):
+        raise SpecError(f"{source}: baseline.computed: objective {spec.objective} computes no baseline; give a value")
+    recorded = (objective.METRIC, *getattr(objective, "EXTRA_METRICS", ()))
+    for i, line in enumerate(spec.references):
+        if line.metric is not None and line.metric not in recorded:
+            raise SpecError(f"{source}: references.{i}.metric: objective {spec.objective} records no "
+                            f"{line.metric!r} (allowed: {', '.join(recorded)})")
     for section in ("fixed", "space"):
         for key in getattr(spec, section):
             if key not in allowed:

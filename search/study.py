@@ -8,9 +8,11 @@ from typing import Any
 
 import optuna
 
+from objectives import get_objective
 from search.spec import SpecError, StudySpec, validate
 
 SPEC_ATTR = "search:spec"
+BASELINE_ATTR = "search:baseline"  # a computed baseline: {value, source, slices}
 READY_ATTR = "search:ready"
 
 
@@ -28,6 +30,8 @@ def build_study(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: 
     """
     name = name or spec.name
     kwargs = dict(study_name=name, storage=storage, sampler=spec.build_sampler(), pruner=spec.build_pruner())
+    # A computed baseline is measured before the study exists: if it fails, nothing is stored.
+    baseline = compute_baseline(spec) if spec.baseline.computed and not _exists(storage, name) else None
     try:
         study = optuna.create_study(direction=spec.metric.direction, **kwargs)
     except optuna.exceptions.DuplicatedStudyError:
@@ -39,10 +43,38 @@ def build_study(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: 
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([spec.metric.name])
     study.set_user_attr(SPEC_ATTR, spec.as_dict())
+    if baseline is not None:
+        study.set_user_attr(BASELINE_ATTR, baseline)
     for config in spec.known_configs:
         study.enqueue_trial(config.params, user_attrs={"known_config": config.name}, skip_if_exists=True)
     study.set_user_attr(READY_ATTR, True)
     return study, True
+
+
+def _exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+        return True
+    except KeyError:
+        return False
+
+
+def compute_baseline(spec: StudySpec) -> dict[str, Any]:
+    """The objective's own baseline on the study's data (its fixed parameters), as stored."""
+    measured = get_objective(spec.objective).compute_baseline(spec.params({}))
+    detail = measured.get("detail")
+    return {"value": float(measured["value"]), "slices": dict(measured.get("slices", {})),
+            "source": f"{spec.baseline.source} ({detail})" if detail else spec.baseline.source}
+
+
+def with_study_baseline(spec: StudySpec, study: optuna.Study) -> StudySpec:
+    """The spec with a computed baseline filled in from the study (a fixed one is unchanged)."""
+    if not spec.baseline.computed:
+        return spec
+    stored = study.user_attrs.get(BASELINE_ATTR)
+    if stored is None:
+        raise SpecError(f"study {study.study_name!r} has a computed baseline but none was recorded")
+    return spec.model_copy(update={"baseline": spec.baseline.model_copy(update=stored)})
 
 
 def _wait_ready(study: optuna.Study, wait_seconds: float) -> None:
@@ -58,7 +90,7 @@ def recorded_spec(study: optuna.Study) -> StudySpec:
     data = study.user_attrs.get(SPEC_ATTR)
     if data is None:
         raise SpecError(f"study {study.study_name!r} has no recorded spec (it was not created by `search worker`)")
-    return validate(data, f"spec recorded on study {study.study_name!r}")
+    return with_study_baseline(validate(data, f"spec recorded on study {study.study_name!r}"), study)
 
 
 def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:

@@ -10,7 +10,7 @@ from objectives import TrialReporter, get_objective
 from search.display import WorkerDisplay
 from search.report import dashboard_callback
 from search.spec import StudySpec
-from search.study import build_study, suggest
+from search.study import build_study, suggest, with_study_baseline
 
 MAX_CONSECUTIVE_FAILURES = 3
 
@@ -88,5 +88,6 @@ def run_worker(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: s
                display: WorkerDisplay | None = None) -> optuna.Study:
     prepare(spec)
     study, _ = build_study(spec, storage, name=name)
+    spec = with_study_baseline(spec, study)
     run_trials(study, spec, storage, n_trials=n_trials, timeout=timeout, display=display)
     return study

@@ -182,3 +182,19 @@ def test_confirm_runs_every_fold_once_and_records_what_the_runs_measured(write_s
     exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert exported["confirmed"]["mean"] == pytest.approx(confirmed[str(exported["trial"])]["mean"])
     assert len(exported["others"]) == 1 and exported["others"][0]["confirmed"] is not None
+
+
+def test_references_are_drawn_and_tabulated_beside_target_and_baseline(tiny_model):
+    from conftest import spec_dict
+
+    from search.report import figures
+    from search.spec import validate
+
+    data = spec_dict("refs", tiny_model)
+    data["references"] = [{"name": "published", "value": 0.8, "source": "paper X"}]
+    spec = validate(data, "refs.yaml")
+    study = optuna.create_study(study_name="refs", direction="maximize")
+    assert "| published | 0.8000 | paper X |" in study_note(study, spec)
+    for key in ("best-so-far", "best-vs-training-time"):
+        lines = {round(shape.y0, 4) for shape in figures(study, spec)[key].layout.shapes}
+        assert lines == {0.75, 0.694, 0.8}, key  # target, baseline, the reference

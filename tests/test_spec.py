@@ -88,6 +88,14 @@ def _edit(path: str, value) -> callable:
     (_edit("known_configs.1.params.momentum", 0.9), r"known_configs\.1\.params\.momentum: not a parameter of objective"),
     (_edit("known_configs.2.name", "baseline"), r"known_configs\.2\.name: 'baseline' appears twice"),
     (_edit("name", "Recipe MPR"), r"name: String should match pattern"),
+    (_edit("baseline.computed", True), r"baseline: give either a value or computed: true"),
+    (_edit("baseline.value", None), r"baseline: give either a value or computed: true"),
+    (lambda s: s["baseline"].update(value=None, computed=True), r"baseline\.computed: objective recipe_mpr computes no baseline"),
+    (_edit("references", [{"name": "paper", "value": 0.8}]), r"references\.0\.source: Field required"),
+    (_edit("references", [{"name": "paper", "value": 0.8, "source": "x", "metric": "f1"}]),
+     r"references\.0\.metric: objective recipe_mpr records no 'f1' \(allowed: accuracy\)"),
+    (_edit("references", [{"name": "paper", "value": 0.8, "source": "x", "colour": "red"}]),
+     r"references\.0\.colour: unknown key \(allowed: name, value, source, metric\)"),
 ])
 def test_spec_errors_name_file_key_and_what_is_allowed(edit, says):
     data = shipped()
