@@ -108,7 +108,7 @@ def worker(
 
 
 def _print_status(study: Any, spec: Any, where: str, best: Any) -> None:
-    from search.export import reached, state_counts
+    from search.export import state_counts
 
     counts = state_counts(study)
     table = Table(title=f"{study.study_name} on {where}")
@@ -121,11 +121,11 @@ def _print_status(study: Any, spec: Any, where: str, best: Any) -> None:
         summary.add_column(col, justify="right" if col else "left")
     if best is not None:
         gap = best.value - spec.target.value
-        mark = "reached" if reached(spec, best.value) else f"{gap:+.4f}"
+        mark = "reached" if spec.reached(best.value) else f"{gap:+.4f}"
         summary.add_row(f"best (trial {best.number}, validation)", f"{best.value:.4f}", mark)
     else:
         summary.add_row("best", "no completed trial yet", "")
-    summary.add_row("target", f"{spec.target.value:.4f}", "", )
+    summary.add_row("target (beat the baseline)" if spec.target.beat else "target", f"{spec.target.value:.4f}", "")
     summary.add_row("baseline", f"{spec.baseline.value:.4f}", f"{spec.baseline.value - spec.target.value:+.4f}")
     for line in spec.references:
         if line.metric in (None, spec.metric.name):
@@ -251,7 +251,7 @@ def studies(storage: Optional[str] = StorageOpt) -> None:
     """The specs in spaces/ and the studies in storage."""
     import optuna
 
-    from search.study import SPEC_ATTR
+    from search.study import BASELINE_ATTR, SPEC_ATTR
 
     specs = Table(title=f"specs in {spaces_dir()}")
     for col in ("spec", "objective", "metric", "target", "baseline", "searched"):
@@ -260,7 +260,8 @@ def studies(storage: Optional[str] = StorageOpt) -> None:
         try:
             s = load_spec(name)
             baseline = "computed" if s.baseline.computed else f"{s.baseline.value:g}"
-            specs.add_row(name, s.objective, f"{s.metric.name} ({s.metric.direction})", f"{s.target.value:g}",
+            target = "beat baseline" if s.target.beat else f"{s.target.value:g}"
+            specs.add_row(name, s.objective, f"{s.metric.name} ({s.metric.direction})", target,
                           baseline, str(len(s.space)))
         except (SpecError, SetupError) as e:
             specs.add_row(name, f"[red]invalid: {e}", "", "", "", "")
@@ -271,12 +272,15 @@ def studies(storage: Optional[str] = StorageOpt) -> None:
         table.add_column(col, justify="left" if col == "study" else "right")
     for summary in optuna.get_all_study_summaries(opened, include_best_trial=True):
         spec = summary.user_attrs.get(SPEC_ATTR) or {}
+        target = spec.get("target", {}).get("value")
+        if spec.get("target", {}).get("beat"):
+            target = (summary.user_attrs.get(BASELINE_ATTR) or spec.get("baseline", {})).get("value")
         best = summary.best_trial.value if summary.best_trial else None
         created = summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else ""
         study_id = opened.get_study_id_from_name(summary.study_name)
         complete = len(opened.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         table.add_row(summary.study_name, str(summary.n_trials), str(complete),
-                      "—" if best is None else f"{best:.4f}", f"{spec.get('target', {}).get('value', '—')}", created)
+                      "—" if best is None else f"{best:.4f}", "—" if target is None else f"{target:g}", created)
     console.print(table)
 
 

@@ -68,9 +68,5 @@ class WorkerDisplay:
             reason = trial.user_attrs.get("end_reason", state).removeprefix("pruned ")
             style = "yellow" if state == "pruned" else "red"
             outcome = f"[{style}]trial {trial.number} {state}[/] {reason}" + (f" ({value})" if value else "")
-        reached = "  [bold green]target reached" if self.best is not None and self._reached(self.best) else ""
+        reached = "  [bold green]target reached" if self.best is not None and self.spec.reached(self.best) else ""
         self.console.print(f"{outcome}  ({self._against_target(self.best)}){reached}")
-
-    def _reached(self, value: float) -> bool:
-        t = self.spec.target.value
-        return value >= t if self.spec.metric.direction == "maximize" else value <= t

@@ -25,10 +25,6 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return None
 
 
-def reached(spec: StudySpec, value: float) -> bool:
-    return value >= spec.target.value if spec.metric.direction == "maximize" else value <= spec.target.value
-
-
 def rerun_command(path: str) -> str:
     return f"search run --config {path}"
 
@@ -60,7 +56,7 @@ def export_config(study: optuna.Study, spec: StudySpec, trial: optuna.trial.Froz
             "split": trial.user_attrs.get("split", "validation"),
             "n_items": trial.user_attrs.get("n_items"),
         },
-        "target": {"value": spec.target.value, "reached": reached(spec, value), "source": spec.target.source},
+        "target": {"value": spec.target.value, "reached": spec.reached(value), "source": spec.target.source},
         "baseline": {"value": spec.baseline.value, "source": spec.baseline.source},
         "references": [line.model_dump(exclude_none=True) for line in spec.references],
         "slices": {k: v for k, v in trial.user_attrs.items() if k.startswith("per_")},

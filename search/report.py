@@ -47,14 +47,6 @@ def duration(total: float) -> str:
     return str(timedelta(seconds=round(total)))
 
 
-def _better(spec: StudySpec, a: float, b: float) -> bool:
-    return a > b if spec.metric.direction == "maximize" else a < b
-
-
-def _reached(spec: StudySpec, value: float) -> bool:
-    return not _better(spec, spec.target.value, value)
-
-
 def _fmt(value: Any) -> str:
     if value is None:
         return "absent"
@@ -123,7 +115,7 @@ def study_note(study: optuna.Study, spec: StudySpec) -> str:
     if top:
         best = top[0]
         gap = best.value - spec.target.value
-        verdict = "**target reached**" if _reached(spec, best.value) else f"target not reached (gap {gap:+.4f})"
+        verdict = "**target reached**" if spec.reached(best.value) else f"target not reached (gap {gap:+.4f})"
         lines += [f"Best **{best.value:.4f}** (validation, trial {best.number}): {verdict}.", ""]
     else:
         lines += ["No completed trial yet.", ""]
@@ -179,7 +171,7 @@ def same_metric_references(spec: StudySpec) -> list[Any]:
 def _best_so_far(spec: StudySpec, values: list[float]) -> list[float]:
     out: list[float] = []
     for v in values:
-        out.append(v if not out or _better(spec, v, out[-1]) else out[-1])
+        out.append(v if not out or spec.better(v, out[-1]) else out[-1])
     return out
 
 
@@ -203,7 +195,7 @@ def figures(study: optuna.Study, spec: StudySpec) -> dict[str, go.Figure]:
     best: float | None = None
     for t in finished:
         spent += seconds(t) / 3600
-        if t.state == TrialState.COMPLETE and (best is None or _better(spec, t.value, best)):
+        if t.state == TrialState.COMPLETE and (best is None or spec.better(t.value, best)):
             best = t.value
         if best is not None:
             hours.append(spent)

@@ -99,6 +99,21 @@ class Reference(_Strict):
     slices: dict[str, float] = {}  # per-slice figures where the source gives them
 
 
+class Target(_Strict):
+    """What the user is chasing: a figure, or ``beat: baseline`` (the target is to do better
+    than the baseline, computed or not)."""
+
+    value: float | None = None
+    source: str
+    beat: Literal["baseline"] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Target:
+        if (self.beat is None) == (self.value is None):
+            raise ValueError("give either a value or beat: baseline")
+        return self
+
+
 class Baseline(_Strict):
     """Where the user starts from: a figure from the seed, or one the objective measures on the
     study's own data when the study is created (``computed: true``, e.g. TF-IDF + logistic
@@ -143,7 +158,7 @@ class StudySpec(_Strict):
     objective: str
     description: str = ""
     metric: Metric
-    target: Reference
+    target: Target
     baseline: Baseline
     references: list[Line] = []
     fixed: dict[str, Any] = {}
@@ -151,6 +166,24 @@ class StudySpec(_Strict):
     sampler: Component = Component(type="TPESampler")
     pruner: Component = Component(type="MedianPruner")
     known_configs: list[KnownConfig] = []
+
+    def better(self, a: float, b: float) -> bool:
+        """Is ``a`` strictly better than ``b`` in the metric's direction?"""
+        return a > b if self.metric.direction == "maximize" else a < b
+
+    def reached(self, value: float) -> bool:
+        """Has ``value`` reached the target? (Beating the baseline means doing strictly better.)"""
+        if self.target.beat:
+            return self.better(value, self.target.value)
+        return not self.better(self.target.value, value)
+
+    def with_baseline(self, value: float, source: str, slices: dict[str, float]) -> StudySpec:
+        """This spec with a measured baseline filled in (and a ``beat: baseline`` target with it)."""
+        baseline = self.baseline.model_copy(update={"value": value, "source": source, "slices": slices})
+        update: dict[str, Any] = {"baseline": baseline}
+        if self.target.beat:
+            update["target"] = self.target.model_copy(update={"value": value})
+        return self.model_copy(update=update)
 
     def params(self, tuned: dict[str, Any]) -> dict[str, Any]:
         """The complete parameters of one run: objective defaults < fixed < tuned."""
@@ -235,11 +268,13 @@ def validate(data: Any, source: str) -> StudySpec:
             msg = f"unknown key (allowed: {_allowed_keys(err['loc'])})"
         raise SpecError(f"{source}: {loc or 'spec'}: {msg}") from None
     _check_against_objective(spec, source)
+    if spec.target.beat and spec.baseline.value is not None and spec.target.value is None:
+        spec = spec.with_baseline(spec.baseline.value, spec.baseline.source, spec.baseline.slices)
     return spec
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> str:
-    models = {(): StudySpec, ("metric",): Metric, ("target",): Reference, ("baseline",): Baseline,
+    models = {(): StudySpec, ("metric",): Metric, ("target",): Target, ("baseline",): Baseline,
               ("sampler",): Component, ("pruner",): Component}
     parent = tuple(loc[:-1])
     if parent and parent[0] == "space" and len(parent) >= 3:

@@ -74,7 +74,7 @@ def with_study_baseline(spec: StudySpec, study: optuna.Study) -> StudySpec:
     stored = study.user_attrs.get(BASELINE_ATTR)
     if stored is None:
         raise SpecError(f"study {study.study_name!r} has a computed baseline but none was recorded")
-    return spec.model_copy(update={"baseline": spec.baseline.model_copy(update=stored)})
+    return spec.with_baseline(stored["value"], stored["source"], stored["slices"])
 
 
 def _wait_ready(study: optuna.Study, wait_seconds: float) -> None:

@@ -91,6 +91,8 @@ def _edit(path: str, value) -> callable:
     (_edit("baseline.computed", True), r"baseline: give either a value or computed: true"),
     (_edit("baseline.value", None), r"baseline: give either a value or computed: true"),
     (lambda s: s["baseline"].update(value=None, computed=True), r"baseline\.computed: objective recipe_mpr computes no baseline"),
+    (_edit("target.beat", "baseline"), r"target: give either a value or beat: baseline"),
+    (_edit("target.beat", "target"), r"target\.beat: Input should be 'baseline'"),
     (_edit("references", [{"name": "paper", "value": 0.8}]), r"references\.0\.source: Field required"),
     (_edit("references", [{"name": "paper", "value": 0.8, "source": "x", "metric": "f1"}]),
      r"references\.0\.metric: objective recipe_mpr records no 'f1' \(allowed: accuracy\)"),
@@ -154,3 +156,14 @@ def test_same_spec_file_gives_the_same_digest(tmp_path: Path, tiny_model):
     a.write_text(yaml.safe_dump(data))
     b.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=True))
     assert load_spec(str(a)).digest() == load_spec(str(b)).digest()
+
+
+def test_a_target_to_beat_the_baseline_is_reached_only_by_doing_better():
+    data = shipped()
+    data["target"] = {"beat": "baseline", "source": "do better than the baseline"}
+    spec = validate(data, "x.yaml")
+    assert spec.target.value == 0.694
+    assert not spec.reached(0.694) and spec.reached(0.695)
+    assert load_spec(str(SHIPPED)).reached(0.75), "a figure target is reached at the figure"
+    measured = spec.with_baseline(0.61, "TF-IDF", {})
+    assert (measured.target.value, measured.baseline.value) == (0.61, 0.61)
