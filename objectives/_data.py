@@ -17,6 +17,12 @@ def cache_dir() -> Path:
     return base / "search"
 
 
+def checkpoint_root() -> Path:
+    """Where trials keep checkpoints: ``$SEARCH_CHECKPOINT_DIR`` (a folder every machine of a
+    study sees, for preempted trials to resume elsewhere), else the local cache."""
+    return Path(os.environ.get("SEARCH_CHECKPOINT_DIR") or cache_dir() / "checkpoints")
+
+
 def task_files(task: str, files: dict[str, str]) -> Path:
     """Return the folder holding ``files`` (relative path -> canonical download URL).
 

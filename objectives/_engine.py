@@ -30,6 +30,7 @@ class TrainingArguments:
     per_device_eval_batch_size: int = 32
     gradient_accumulation_steps: int = 1
     warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # of all optimizer steps; used when warmup_steps is 0 (as in HF)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
@@ -116,9 +117,9 @@ def fit(
     accum = args.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(loader) / accum)
     optimizer = _optimizer(model, args)
-    scheduler = transformers.get_linear_schedule_with_warmup(
-        optimizer, args.warmup_steps, steps_per_epoch * args.num_train_epochs
-    )
+    total_steps = steps_per_epoch * args.num_train_epochs
+    warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total_steps)
+    scheduler = transformers.get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
     reporter.set_user_attr("mixed_precision_used", str(dtype).removeprefix("torch.") if dtype else "fp32")
     reporter.set_user_attr("device", dev.type)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -13,6 +14,10 @@ class Reporter:
     An ``optuna.Trial`` has the first three methods; the worker wraps one in a subclass that
     also drives the live display. The base class reports to nobody (``search run`` and tests).
     """
+
+    #: Where a resumable objective keeps this run's checkpoint; None: nowhere (not resumable).
+    #: A re-run of a dead worker's trial gets the same folder as the trial it replaces.
+    checkpoint_dir: Path | None = None
 
     def report(self, value: float, step: int) -> None:
         pass

@@ -7,6 +7,7 @@ from typing import Any
 import optuna
 
 from objectives import TrialReporter, get_objective
+from objectives._data import checkpoint_root
 from search.display import WorkerDisplay
 from search.report import dashboard_callback
 from search.spec import StudySpec
@@ -37,8 +38,13 @@ def make_objective(spec: StudySpec, display: WorkerDisplay | None = None):
         tuned = suggest(trial, spec)
         if display:
             display.trial_started(trial.number, tuned)
+        reporter = _DisplayReporter(trial, display)
+        # A dead worker's trial is re-run as a new trial that names the first one: same folder.
+        system_attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
+        first = system_attrs.get("failed_trial", trial.number)
+        reporter.checkpoint_dir = checkpoint_root() / trial.study.study_name / f"trial-{first}"
         try:
-            result = objective.train(spec.params(tuned), _DisplayReporter(trial, display))
+            result = objective.train(spec.params(tuned), reporter)
         except optuna.TrialPruned:
             raise
         except Exception as e:
