@@ -67,10 +67,17 @@ def ranked(study: optuna.Study, spec: StudySpec) -> list[FrozenTrial]:
     return sorted(done, key=lambda t: t.value, reverse=spec.metric.direction == "maximize")
 
 
-def end_reason(trial: FrozenTrial) -> str:
+def end_reason(trial: FrozenTrial, trials: list[FrozenTrial] = ()) -> str:
+    """Why a trial ended. A dead worker's trial holds no reason (nobody can write to it once the
+    heartbeat has failed it): its re-run, which lists it in ``retry_history``, tells."""
     if trial.state == TrialState.COMPLETE:
         return "completed"
-    return trial.user_attrs.get("end_reason") or trial.state.name.lower()
+    if trial.user_attrs.get("end_reason"):
+        return trial.user_attrs["end_reason"]
+    rerun = next((t for t in trials if trial.number in t.system_attrs.get("retry_history", ())), None)
+    if trial.state == TrialState.FAIL and rerun is not None:
+        return f"failed: its worker stopped (no heartbeat); re-run as trial {rerun.number}"
+    return trial.state.name.lower()
 
 
 # --- notes ------------------------------------------------------------------------------------
@@ -87,7 +94,9 @@ def trial_note(spec: StudySpec, trial: FrozenTrial) -> str:
         f"{metric} **{_fmt(value)}** (validation, {trial.user_attrs.get('n_items', '?')} items) · "
         f"training time {duration(seconds(trial))} · device {trial.user_attrs.get('device', '?')} "
         f"({trial.user_attrs.get('mixed_precision_used', '?')})"
-        + (f" · known config `{trial.user_attrs['known_config']}`" if trial.user_attrs.get("known_config") else ""),
+        + (f" · known config `{trial.user_attrs['known_config']}`" if trial.user_attrs.get("known_config") else "")
+        + (f" · re-run of trial {trial.system_attrs['failed_trial']}, whose worker stopped"
+           if "failed_trial" in trial.system_attrs else ""),
         "",
         "| parameter | value | baseline config |",
         "|---|---|---|",
@@ -145,6 +154,10 @@ def study_note(study: optuna.Study, spec: StudySpec) -> str:
             diff = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items() if base.get(k) != v) or "(the baseline config)"
             per = slices(t.user_attrs, metric)
             lines.append(f"| {t.number} | {t.value:.4f} | {diff} | " + " | ".join(_fmt(per.get(n)) for n in per_names) + " |")
+    failed = [t for t in trials if t.state == TrialState.FAIL][-TOP:]
+    if failed:
+        lines += ["", "### Failed trials (latest)", "", "| trial | why |", "|---|---|"]
+        lines += [f"| {t.number} | {end_reason(t, trials)} |" for t in failed]
     lines += ["", f"**Trials**: {counts[TrialState.COMPLETE]} completed, {counts[TrialState.PRUNED]} pruned, "
               f"{counts[TrialState.FAIL]} failed; {device} time spent {duration(spent)}.", "",
               f"**Export the winner**: `search export --study {study.study_name} -o best.yaml`"]

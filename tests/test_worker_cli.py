@@ -144,3 +144,13 @@ def test_a_killed_workers_trial_is_rerun(store, write_spec, start_cli):
     assert retry.user_attrs["known_config"] == "long" and retry.user_attrs["end_reason"] == "completed"
     assert sorted(retry.intermediate_values) == list(range(1, 5)), "re-run from the start, all 4 epochs"
     assert trials_started(out) == [retry.number]
+
+    # The dashboard says why the first one ended, though nobody could write to it once it failed.
+    import optuna
+    from optuna_dashboard import get_note
+
+    study = optuna.load_study(study_name=name, storage=store.optuna)
+    reason = f"failed: its worker stopped (no heartbeat); re-run as trial {retry.number}"
+    assert f"| {first.number} | {reason} |" in get_note(study)
+    retry_note = get_note(optuna.trial.Trial(study, retry._trial_id))
+    assert f"re-run of trial {first.number}, whose worker stopped" in retry_note
