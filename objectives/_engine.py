@@ -19,6 +19,7 @@ import torch
 import transformers
 from torch.utils.data import DataLoader
 
+from objectives import _ddp, _faults
 from objectives._reporting import Reporter
 
 
@@ -79,10 +80,13 @@ def predict(model: torch.nn.Module, loader: DataLoader, dtype: torch.dtype | Non
     dev = next(model.parameters()).device
     model.eval()
     out = []
-    for batch in loader:
+    # In a process group each rank scores its shard; the gathered logits drop the padding.
+    for batch in _ddp.shard(loader) if _ddp.active() else loader:
         batch.pop("labels", None)
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
             out.append(model(**_to(batch, dev)).logits.float())
+    if _ddp.active():
+        return _ddp.gather_in_order(torch.cat(out), len(loader.dataset))
     return torch.cat(out).cpu()
 
 
@@ -106,10 +110,12 @@ def fit(
     dev = device()
     dtype = autocast_dtype(args.mixed_precision, dev)
     model.to(dev)
+    sampler = _ddp.train_sampler(train_set, args.seed)  # None outside a process group
     loader = DataLoader(
         train_set,
         batch_size=args.per_device_train_batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         collate_fn=collate,
         generator=torch.Generator().manual_seed(args.seed),
         pin_memory=dev.type == "cuda",
@@ -123,20 +129,29 @@ def fit(
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
     reporter.set_user_attr("mixed_precision_used", str(dtype).removeprefix("torch.") if dtype else "fp32")
     reporter.set_user_attr("device", dev.type)
+    train_model = _ddp.wrap(model, dev)  # DDP in a process group, else the model itself
+    if _ddp.active():
+        reporter.set_user_attr("world_size", _ddp.world_size())
 
     history: list[dict[str, float]] = []
     value, attrs = math.nan, {}
     for epoch in range(1, args.num_train_epochs + 1):
         epoch_start = time.perf_counter()
-        model.train()
+        train_model.train()
         loss_sum = torch.zeros((), device=dev)
         step = 0
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a new shuffle every epoch, the same on every rank
         for i, batch in enumerate(loader):
-            with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                loss = model(**_to(batch, dev)).loss
-            scaler.scale(loss / accum).backward()
+            stepping = (i + 1) % accum == 0 or i + 1 == len(loader)
+            _faults.before_step(epoch=epoch, step_in_epoch=step + 1, step_in_run=(epoch - 1) * steps_per_epoch + step + 1,
+                                micro_batch=args.per_device_train_batch_size)
+            with _ddp.no_sync(train_model, skip=not stepping):  # DDP: all-reduce once per optimizer step
+                with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                    loss = _faults.loss(train_model(**_to(batch, dev)).loss, epoch=epoch)
+                scaler.scale(loss / accum).backward()
             loss_sum += loss.detach()
-            if (i + 1) % accum == 0 or i + 1 == len(loader):
+            if stepping:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 scaler.step(optimizer)
@@ -147,7 +162,7 @@ def fit(
                 if epoch == 1 and step == 1:
                     reporter.set_user_attr("seconds_to_first_step", round(time.perf_counter() - started, 4))
                 reporter.on_step(epoch, step, steps_per_epoch)
-        train_loss = loss_sum.item() / len(loader)
+        train_loss = _ddp.mean_over_ranks(loss_sum, len(loader))  # every rank decides on the same loss
         if not math.isfinite(train_loss):
             reporter.set_user_attr("end_reason", f"non-finite training loss at epoch {epoch}")
             raise optuna.TrialPruned(f"non-finite training loss at epoch {epoch}")
