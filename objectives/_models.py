@@ -73,21 +73,23 @@ def load_tokenizer(name: str) -> transformers.PreTrainedTokenizerBase:
 
 
 @functools.lru_cache(maxsize=2)
-def _pretrained(auto_class: type, name: str) -> tuple[torch.nn.Module, tuple[str, ...]]:
+def _pretrained(auto_class: type, name: str, num_labels: int | None = None) -> tuple[torch.nn.Module, tuple[str, ...]]:
     """The loaded model and the names of the modules it had to initialise (the task head)."""
-    model, info = _from_pretrained(auto_class.from_pretrained, name, output_loading_info=True)
+    extra = {} if num_labels is None else {"num_labels": num_labels}  # sequence classification heads
+    model, info = _from_pretrained(auto_class.from_pretrained, name, output_loading_info=True, **extra)
     fresh = {key.rsplit(".", 1)[0] for key in info["missing_keys"]}
     return model.eval(), tuple(sorted(fresh))
 
 
-def load_model(auto_class: type, name: str, *, dropout: float | None, seed: int) -> torch.nn.Module:
+def load_model(auto_class: type, name: str, *, dropout: float | None, seed: int,
+               num_labels: int | None = None) -> torch.nn.Module:
     """A private copy of the pretrained model for one trial.
 
     Loading from disk happens once per worker; a trial copies the weights in memory
     (tens of milliseconds), re-draws the fresh task head from ``seed`` so that the seed means
     the same in every worker, and sets every dropout layer to ``dropout``.
     """
-    template, fresh = _pretrained(auto_class, name)
+    template, fresh = _pretrained(auto_class, name, num_labels)
     model = copy.deepcopy(template)
     torch.manual_seed(seed)
     for module_name in fresh:

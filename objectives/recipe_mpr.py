@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForMultipleChoice
 
-from objectives._data import task_files
+from objectives._data import cached, file_digest, task_files, tokenizer_digest
 from objectives._engine import TrainingArguments, fit, predict
 from objectives._models import load_model, load_tokenizer
 from objectives._reporting import Reporter, SetupError
@@ -99,16 +99,24 @@ def splits(params: dict[str, Any]) -> dict[str, list[int]]:
 
 @functools.lru_cache(maxsize=4)
 def encoded_items(model_name: str, max_length: int, shuffle_seed: int) -> list[dict[str, Any]]:
-    """All 500 items tokenized once per worker: 5 (query, option) pairs each, unpadded."""
-    items, _ = load_items(task_files("recipe-mpr", FILES))
+    """All 500 items tokenized once per worker (and kept on disk for the next worker):
+    5 (query, option) pairs each, unpadded."""
+    root = task_files("recipe-mpr", FILES)
+    items, _ = load_items(root)
     tokenizer = load_tokenizer(model_name)
-    encoded = []
-    for index, item in enumerate(items):
-        options, label = shuffled_options(item, index, shuffle_seed)
-        enc = tokenizer([item["query"]] * len(options), options, truncation=True, max_length=max_length)
-        encoded.append({"features": {k: enc[k] for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc},
-                        "label": label})
-    return encoded
+
+    def encode() -> list[dict[str, Any]]:
+        encoded = []
+        for index, item in enumerate(items):
+            options, label = shuffled_options(item, index, shuffle_seed)
+            enc = tokenizer([item["query"]] * len(options), options, truncation=True, max_length=max_length)
+            encoded.append({"features": {k: enc[k] for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc},
+                            "label": label})
+        return encoded
+
+    key = {"data": file_digest(root / "500QA.json"), "tokenizer": tokenizer_digest(tokenizer),
+           "max_length": max_length, "shuffle_seed": shuffle_seed, "format": 1}  # format: bump when encode() changes
+    return cached("recipe-mpr", key, encode)
 
 
 def collate(batch: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
