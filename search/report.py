@@ -80,6 +80,28 @@ def end_reason(trial: FrozenTrial, trials: list[FrozenTrial] = ()) -> str:
     return trial.state.name.lower()
 
 
+def classification_tables(attrs: dict[str, Any]) -> list[str]:
+    """Markdown for a classifier's trial: per-class precision / recall / F1 (when its ``per_*``
+    slices carry them) and the confusion matrix (a ``confusion_matrix`` attribute
+    ``{labels, matrix}``, rows the true class, columns the predicted one). Empty otherwise."""
+    lines: list[str] = []
+    for key, per in attrs.items():
+        if (key.startswith("per_") and isinstance(per, dict) and per
+                and all(isinstance(v, dict) and {"precision", "recall", "f1"} <= set(v) for v in per.values())):
+            lines += ["", f"| {key.removeprefix('per_')} | precision | recall | F1 | n |", "|---|---|---|---|---|"]
+            lines += [f"| {name} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | {v.get('n', '')} |"
+                      for name, v in per.items()]
+            break
+    confusion = attrs.get("confusion_matrix")
+    if isinstance(confusion, dict) and confusion.get("labels") and confusion.get("matrix"):
+        labels = confusion["labels"]
+        lines += ["", "Confusion matrix: rows are the true class, columns the predicted one.", "",
+                  "| true ↓ predicted → | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        lines += [f"| {label} | " + " | ".join(f"**{n}**" if i == j else str(n) for j, n in enumerate(row)) + " |"
+                  for i, (label, row) in enumerate(zip(labels, confusion["matrix"]))]
+    return lines
+
+
 # --- notes ------------------------------------------------------------------------------------
 
 
@@ -106,6 +128,7 @@ def trial_note(spec: StudySpec, trial: FrozenTrial) -> str:
     if per:
         lines += ["", f"| slice | {metric} | baseline |", "|---|---|---|"]
         lines += [f"| {k} | {_fmt(v)} | {_fmt(spec.baseline.slices.get(k, '—'))} |" for k, v in per.items()]
+    lines += classification_tables(trial.user_attrs)
     epochs = trial.user_attrs.get("epochs") or []
     if epochs:
         lines += ["", "| epoch | train loss | " + metric + " | seconds |", "|---|---|---|---|"]
@@ -154,6 +177,9 @@ def study_note(study: optuna.Study, spec: StudySpec) -> str:
             diff = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items() if base.get(k) != v) or "(the baseline config)"
             per = slices(t.user_attrs, metric)
             lines.append(f"| {t.number} | {t.value:.4f} | {diff} | " + " | ".join(_fmt(per.get(n)) for n in per_names) + " |")
+        tables = classification_tables(top[0].user_attrs)
+        if tables:
+            lines += ["", f"### Best trial {top[0].number} per class (validation)", *tables]
     failed = [t for t in trials if t.state == TrialState.FAIL][-TOP:]
     if failed:
         lines += ["", "### Failed trials (latest)", "", "| trial | why |", "|---|---|"]
