@@ -18,6 +18,14 @@ class Reporter:
     #: Where a resumable objective keeps this run's checkpoint; None: nowhere (not resumable).
     #: A re-run of a dead worker's trial gets the same folder as the trial it replaces.
     checkpoint_dir: Path | None = None
+    #: A checkpoint there written by another configuration: False (a trial, whose re-run has the
+    #: same parameters by construction) ignores it and starts over; True (``search run --resume``)
+    #: continues it with this run's hyperparameters (what carries over: objectives/_engine.py).
+    resume_any_config: bool = False
+    #: False: the objective deletes the checkpoint once the run has ended (completed, pruned or
+    #: failed); only a killed or interrupted run leaves it, for its re-run. ``search run
+    #: --checkpoint-dir`` keeps it, to be continued later.
+    keep_checkpoint: bool = False
 
     def report(self, value: float, step: int) -> None:
         pass
