@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-prepare-cache", action="store_true",
                    help="do not clear the objective's caches after prepare() (first trial then warm on data/model)")
     p.add_argument("--live", action="store_true", help="show the worker display on stderr instead of a StringIO console")
+    p.add_argument("--note-scaling", default="100,1000",
+                   help="also time the note and plot refresh at these study sizes (copies of the real trials; '' skips)")
     p.add_argument("--json", type=Path, help="also write the raw measurements here")
     p.add_argument("--report", type=Path, help="print the tables of an earlier --json file and exit")
     p.add_argument("--child", help=argparse.SUPPRESS)  # storage to run in this (fresh) process
@@ -267,6 +269,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         with TimedDisplay(spec, console) as display:
             study = worker.run_worker(spec, storage, name=name, n_trials=args.trials, display=display)
         frozen = study.get_trials(deepcopy=False)
+        note_scaling = time_note_refresh(study, spec, storage, [int(n) for n in args.note_scaling.split(",") if n])
     finally:
         try:
             optuna.delete_study(study_name=name, storage=storage)
@@ -304,7 +307,40 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         })
     return {"storage": kind, "where": mask_url(url), "study": name, "prepare_s": marks["prepare"],
             "caches_cleared_after_prepare": not args.keep_prepare_cache,
-            "heartbeat_s": heartbeat["s"], "heartbeats": heartbeat["n"], "trials": records}
+            "heartbeat_s": heartbeat["s"], "heartbeats": heartbeat["n"], "trials": records,
+            "note_scaling": note_scaling}
+
+
+def time_note_refresh(study: Any, spec: Any, storage: Any, sizes: list[int]) -> list[dict[str, float]]:
+    """Seconds to re-render the study note and plots after one more finished trial, at each study
+    size: the study is grown with copies of its real finished trials (same params, values, user
+    attributes), so the note renders what a long search would show."""
+    import optuna
+
+    from search.report import refresh_study
+    from search.study import with_study_baseline
+
+    spec = with_study_baseline(spec, study)
+    real = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    out = []
+    for size in sorted(sizes):
+        while len(study.get_trials(deepcopy=False)) < size:
+            t = real[len(study.get_trials(deepcopy=False)) % len(real)]
+            study.add_trial(optuna.trial.create_trial(state=t.state, value=t.value, params=t.params,
+                                                      distributions=t.distributions, user_attrs=t.user_attrs,
+                                                      intermediate_values=t.intermediate_values))
+        refresh_study(study, spec, storage)  # the state with `size - 1` trials is rendered ...
+        t = real[0]
+        study.add_trial(optuna.trial.create_trial(state=t.state, value=t.value, params=t.params,
+                                                  distributions=t.distributions, user_attrs=t.user_attrs,
+                                                  intermediate_values=t.intermediate_values))
+        t0 = time.perf_counter()
+        refresh_study(study, spec, storage)  # ... then one more trial finishes
+        changed = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        refresh_study(study, spec, storage)
+        out.append({"trials": size + 1, "refresh_s": changed, "unchanged_s": time.perf_counter() - t0})
+    return out
 
 
 # --- the parent: one fresh process per storage, then the tables -----------------------------
@@ -399,6 +435,14 @@ def render(header: dict[str, Any], runs: list[dict[str, Any]], console: Console)
         summary.add_row(run["storage"], f"{pct(frac)} {mark(frac < OVERHEAD_TARGET)}", pct(note_frac), f"{r['setup']:.3f}",
                         f"{r['setup_vs_prepare']:.3f}", f"{r['first_step']:.3f} {mark(r['first_step'] < FIRST_STEP_TARGET)}")
     console.print(summary)
+    scaling = Table(title="note and plots: re-render after one more finished trial, by study size (seconds)")
+    for col in ("storage", "trials in the study", "one more finished", "nothing changed"):
+        scaling.add_column(col, justify="right")
+    for run in runs:
+        for row in run.get("note_scaling", []):
+            scaling.add_row(run["storage"], str(row["trials"]), sec(row["refresh_s"]), sec(row["unchanged_s"]))
+    if scaling.rows:
+        console.print(scaling)
     console.print("setup = train() start to the first forward call; seconds_to_first_step also holds that first "
                   "forward, backward and optimizer step. Other processes on the machine stretch absolute times.")
 
@@ -420,6 +464,7 @@ def main() -> int:
     header = {"trials": args.trials, "epochs": args.epochs, "model": args.model, "sets": args.sets,
               "keep_prepare_cache": args.keep_prepare_cache, "load_start": os.getloadavg()[0]}
     passthrough = ["--trials", str(args.trials), "--epochs", str(args.epochs), "--model", args.model,
+                   "--note-scaling", args.note_scaling,
                    "--pg-url", args.pg_url, *(x for s in args.sets for x in ("--set", s)),
                    *(["--keep-prepare-cache"] if args.keep_prepare_cache else []), *(["--live"] if args.live else [])]
     runs: list[dict[str, Any]] = []
