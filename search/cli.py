@@ -74,17 +74,28 @@ def _slices_table(slices: dict[str, Any]) -> Table | None:
 def worker(
     study: str = typer.Option(..., "--study", help="Spec name in spaces/ (or a spec YAML path)."),
     storage: Optional[str] = StorageOpt,
-    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Trials this worker runs, then stops."),
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", help="Trials this worker runs, then stops "
+                                            "(with --budget study: finished trials in the whole study)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Start no trial after this many seconds."),
     set_: list[str] = typer.Option([], "--set", help="KEY=VALUE: pin a parameter in the study being created."),
     name: Optional[str] = typer.Option(None, "--name", help="Study name in storage (default: the spec's name)."),
+    budget: str = typer.Option("worker", "--budget", help="What --n-trials counts: 'worker' (trials this worker "
+                               "runs) or 'study' (finished trials in the whole study, all workers together)."),
+    gpus_per_trial: Optional[int] = typer.Option(None, "--gpus-per-trial", min=1, help="GPUs per trial for this "
+                                                 "worker (default: the spec's resources.gpus_per_trial, else 1)."),
 ) -> None:
     """Run trials of a study; creates the study from its spec on first use."""
     from search.display import WorkerDisplay
     from search.export import best_trial, state_counts
+    from search.shutdown import Shutdown
     from search.study import build_study, with_study_baseline
     from search.worker import MAX_CONSECUTIVE_FAILURES, prepare, run_trials
 
+    if budget not in ("worker", "study"):
+        raise CommandError(f"--budget {budget!r}: expected 'worker' or 'study'")
+    if budget == "study" and n_trials is None:
+        raise CommandError("--budget study needs --n-trials N (the number of finished trials the study should hold)")
+    shutdown = Shutdown().install()  # Ctrl-C / SIGTERM: the running trial fails and is re-queued at once
     spec = load_spec(study, _parse_sets(set_))
     prepare(spec)
     opened, where = _open(storage)
@@ -93,7 +104,11 @@ def worker(
     console.print(f"study [bold]{result.study_name}[/] ({spec.objective}) on {where}: "
                   f"{spec.metric.name} target {spec.target.value:g}, baseline {spec.baseline.value:g}")
     with WorkerDisplay(spec, console) as display:
-        run_trials(result, spec, opened, n_trials=n_trials, timeout=timeout, display=display)
+        run_trials(result, spec, opened, n_trials=None if budget == "study" else n_trials, timeout=timeout,
+                   display=display, study_budget=n_trials if budget == "study" else None,
+                   gpus_per_trial=gpus_per_trial, shutdown=shutdown)
+    if shutdown.requested:
+        raise KeyboardInterrupt  # stopped between trials: main() says "stopped", exit 130
     trials = result.get_trials(deepcopy=False)
     tail = trials[-MAX_CONSECUTIVE_FAILURES:]
     if len(tail) == MAX_CONSECUTIVE_FAILURES and all(t.state.name == "FAIL" for t in tail):
@@ -105,6 +120,54 @@ def worker(
     best_text = f"best {best.value:.4f} (trial {best.number})" if best else "no completed trial yet"
     console.print(f"worker done. {result.study_name}: {counts}; {best_text}, target {spec.target.value:g}. "
                   f"Details: search status --study {result.study_name}")
+
+
+@app.command()
+def launch(
+    study: str = typer.Option(..., "--study", help="Spec name in spaces/ (or a spec YAML path)."),
+    gpus: str = typer.Option("all", "--gpus", help="GPU ids (0,1,2,3), 'all' (detected; none found: CPU workers) "
+                             "or 'none' (CPU workers)."),
+    per_gpu: int = typer.Option(1, "--per-gpu", min=1, help="Workers per GPU (per group of --gpus-per-trial GPUs; "
+                                "without GPUs: the number of CPU workers)."),
+    storage: Optional[str] = StorageOpt,
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", min=1, help="Finished trials the whole study should "
+                                           "hold; every worker stops then (default: run until Ctrl-C)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Workers start no trial after this many seconds."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE: pin a parameter in the study being created."),
+    name: Optional[str] = typer.Option(None, "--name", help="Study name in storage (default: the spec's name)."),
+    gpus_per_trial: Optional[int] = typer.Option(None, "--gpus-per-trial", min=1,
+                                                 help="GPUs per trial (default: the spec's resources.gpus_per_trial)."),
+    max_restarts: int = typer.Option(5, "--max-restarts", min=0, help="Restarts of a worker that keeps dying."),
+    stop_timeout: float = typer.Option(60.0, "--stop-timeout", help="Seconds a stopping worker gets before SIGKILL."),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Worker logs (default: "
+                                           "$XDG_STATE_HOME/search/launch/STUDY)."),
+) -> None:
+    """Start K workers per GPU, show their progress, restart dead ones, stop all cleanly on Ctrl-C."""
+    from search.launch import Launcher, LaunchError, parse_gpus, slots
+
+    spec = load_spec(study, _parse_sets(set_))
+    _, where = _open(storage)  # a storage that does not open is one line now, not one per worker
+    try:
+        found = parse_gpus(gpus)
+        per_trial = gpus_per_trial or spec.gpus_per_trial
+        devices = slots(found, gpus_per_trial=per_trial, per_gpu=per_gpu)
+    except LaunchError as e:
+        raise CommandError(str(e)) from None
+    args = ["--study", study, *(a for item in set_ for a in ("--set", item))]
+    args += ["--name", name] if name else []
+    args += ["--n-trials", str(n_trials), "--budget", "study"] if n_trials else []
+    args += ["--timeout", str(timeout)] if timeout else []
+    args += ["--gpus-per-trial", str(gpus_per_trial)] if gpus_per_trial else []
+    study_name = name or spec.name
+    state_home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    folder = log_dir or state_home / "search" / "launch" / study_name
+    on = f"GPUs {', '.join(sorted(set(devices)))}" if found else "no GPU: CPU workers"
+    budget = f"until the study holds {n_trials} finished trials" if n_trials else "until Ctrl-C"
+    console.print(f"launching {len(devices)} workers for study {study_name} on {where} ({on}), {budget}; "
+                  f"logs in {folder}", soft_wrap=True)
+    code = Launcher(args, devices, storage_url=resolve_url(storage), log_dir=folder, max_restarts=max_restarts,
+                    stop_timeout=stop_timeout, console=console).run()
+    raise typer.Exit(code)
 
 
 def _print_status(study: Any, spec: Any, where: str, best: Any) -> None:

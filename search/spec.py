@@ -148,6 +148,13 @@ class Component(_Strict):
     options: dict[str, Any] = {}
 
 
+class Resources(_Strict):
+    """What one trial runs on. More than one GPU: the worker trains the trial data-parallel
+    under torchrun, one process per GPU (on a machine without GPUs, that many CPU processes)."""
+
+    gpus_per_trial: int = Field(default=1, ge=1, le=64)
+
+
 class KnownConfig(_Strict):
     name: str
     params: dict[str, Any]
@@ -166,6 +173,7 @@ class StudySpec(_Strict):
     sampler: Component = Component(type="TPESampler")
     pruner: Component = Component(type="MedianPruner")
     known_configs: list[KnownConfig] = []
+    resources: Resources | None = None  # absent: one GPU (or the CPU) per trial
 
     def better(self, a: float, b: float) -> bool:
         """Is ``a`` strictly better than ``b`` in the metric's direction?"""
@@ -199,7 +207,14 @@ class StudySpec(_Strict):
         return getattr(optuna.pruners, self.pruner.type)(**self.pruner.options)
 
     def as_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_defaults=False)
+        data = self.model_dump(mode="json", exclude_defaults=False)
+        if self.resources is None:
+            del data["resources"]  # so specs without it record (and hash) as they always did
+        return data
+
+    @property
+    def gpus_per_trial(self) -> int:
+        return self.resources.gpus_per_trial if self.resources else 1
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -275,7 +290,7 @@ def validate(data: Any, source: str) -> StudySpec:
 
 def _allowed_keys(loc: tuple[Any, ...]) -> str:
     models = {(): StudySpec, ("metric",): Metric, ("target",): Target, ("baseline",): Baseline,
-              ("sampler",): Component, ("pruner",): Component}
+              ("sampler",): Component, ("pruner",): Component, ("resources",): Resources}
     parent = tuple(loc[:-1])
     if parent and parent[0] == "space" and len(parent) >= 3:
         model = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}.get(str(parent[2]), FloatParam)

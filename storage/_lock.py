@@ -18,6 +18,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 
 from storage._journal import HeartbeatJournalStorage
+from storage._reconnect import connection_lost
 
 
 def _key(study_name: str) -> int:
@@ -33,7 +34,11 @@ def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterato
             try:
                 yield
             finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _key(study_name)})
+                try:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _key(study_name)})
+                except sqlalchemy.exc.DBAPIError as e:
+                    if not connection_lost(e):
+                        raise  # a lost connection took its session, and the lock, with it
     elif isinstance(storage, HeartbeatJournalStorage):
         with open(f"{storage.path}.{_key(study_name) & 0xFFFFFFFF:08x}.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from pathlib import Path
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from storage._journal import HeartbeatJournalStorage
+from storage._reconnect import ReconnectingRDBStorage
 
 DEFAULT_ENV = "SEARCH_STORAGE"
 JOURNAL_SUFFIXES = (".journal", ".log")
@@ -84,12 +86,17 @@ def _open(url: str) -> optuna.storages.BaseStorage:
             )
         except OSError as e:
             raise StorageError(f"storage {url}: cannot open journal file: {e.strerror or e}") from None
+    engine_kwargs: dict = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 1800}
+    if url.startswith("postgresql"):
+        # Names this process's connections in pg_stat_activity (which worker holds what).
+        engine_kwargs["connect_args"] = {"application_name": application_name()}
     try:
-        return RDBStorage(
+        return ReconnectingRDBStorage(
             url,
             # A worker holds at most a couple of connections; pre-ping replaces ones the
-            # server dropped (restart, idle timeout, pg_terminate_backend) before use.
-            engine_kwargs={"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 1800},
+            # server dropped (restart, idle timeout, pg_terminate_backend) before use, and a
+            # call whose connection dies under it is retried (storage/_reconnect.py).
+            engine_kwargs=engine_kwargs,
             heartbeat_interval=interval,
             grace_period=grace,
             heartbeat_stale_trial_callback=retry,
@@ -97,6 +104,11 @@ def _open(url: str) -> optuna.storages.BaseStorage:
     except Exception as e:  # sqlalchemy/psycopg2 errors may carry the URL: never echo it raw
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(f"storage {mask_url(url)}: cannot connect: {_scrub(reason, url)}") from None
+
+
+def application_name() -> str:
+    """``search@HOST:PID``, as PostgreSQL shows this process's connections."""
+    return f"search@{socket.gethostname()}:{os.getpid()}"[-63:]
 
 
 def _scrub(text: str, url: str) -> str:

@@ -1,0 +1,221 @@
+"""Nothing lost: dead workers, dropped connections, a crowd at start-up, out of memory, NaN loss.
+
+Every test runs real `search worker` processes training the tiny BERT on the real Recipe-MPR
+data against the real PostgreSQL at 127.0.0.1:5432.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy
+import yaml
+
+from conftest import FINISHED, command, known, open_store, spec_dict
+
+pytestmark = pytest.mark.usefixtures("data_dir")
+
+# A dead worker's trial goes stale in seconds (both settings are read by every worker).
+HEARTBEAT = {"SEARCH_HEARTBEAT_INTERVAL": "1", "SEARCH_GRACE_PERIOD": "3"}
+NO_PRUNING = {"type": "NopPruner"}
+
+
+@pytest.fixture
+def pg(request, tmp_path):
+    opened = open_store("postgresql", tmp_path, request)
+    yield opened
+    opened.close()
+
+
+def wait_for(condition: Callable[[], Any], *, what: str, timeout: float = 180, alive: tuple = ()) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        for proc in alive:
+            assert proc.poll() is None, f"a worker ended before {what}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def running_mid_trial(store, name: str) -> optuna.trial.FrozenTrial | None:
+    """A RUNNING trial that has reported at least one epoch."""
+    if name not in store.study_names():
+        return None
+    return next((t for t in store.trials(name) if t.state.name == "RUNNING" and t.intermediate_values), None)
+
+
+def worker_pid(trial: optuna.trial.FrozenTrial) -> int:
+    return int(trial.system_attrs["search:worker"].rsplit(":", 1)[1])
+
+
+def test_a_killed_workers_trial_is_rerun_and_the_study_ends_with_exactly_its_budget(pg, write_spec, start_cli):
+    name = pg.name("budget")
+    spec = write_spec(name, known=[known("a", 1e-3, 4), known("b", 1e-3, 4, batch=32), known("c", 3e-4, 4)],
+                      pruner=NO_PRUNING, edit=lambda s: s["space"]["num_train_epochs"].update(high=4))
+    worker = ["worker", "--study", str(spec), "--storage", pg.url, "--n-trials", "3", "--budget", "study"]
+    workers = [start_cli(*worker, env=HEARTBEAT) for _ in range(2)]
+
+    victim = wait_for(lambda: running_mid_trial(pg, name), what="a trial mid-training", alive=tuple(workers))
+    killed = next(w for w in workers if w.pid == worker_pid(victim))
+    survivor = next(w for w in workers if w is not killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    out, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, f"the surviving worker failed\nstdout:\n{out}\nstderr:\n{err}"
+
+    trials = pg.trials(name)
+    states = collections.Counter(t.state.name for t in trials)
+    assert states["COMPLETE"] + states["PRUNED"] == 3, states
+    assert states["RUNNING"] == 0 and states["WAITING"] == 0, states
+    # Nothing beyond the budget was started: the three finished trials and the killed one.
+    assert len(trials) == 4 and states["FAIL"] == 1
+    (first,) = [t for t in trials if t.number == victim.number]
+    assert first.state.name == "FAIL"
+    (rerun,) = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert rerun.state.name in FINISHED and rerun.params == first.params
+    assert worker_pid(rerun) == survivor.pid
+
+
+def test_a_connection_killed_mid_call_is_recovered(pg, write_spec, start_cli, pg_url):
+    name = pg.name("conn")
+    spec = write_spec(name, known=[known("a", 1e-3, 4)], pruner=NO_PRUNING,
+                      edit=lambda s: s["space"]["num_train_epochs"].update(high=4))
+    worker = start_cli("worker", "--study", str(spec), "--storage", pg.url, "--n-trials", "1")
+    trial = wait_for(lambda: running_mid_trial(pg, name), what="the trial's first epoch", alive=(worker,))
+
+    # Hold the row the worker rewrites after every epoch ("epochs"): its next write waits on the
+    # lock, in the middle of a storage call, and that is when its connection is terminated.
+    engine = sqlalchemy.create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            with conn.begin():
+                conn.execute(sqlalchemy.text("SELECT 1 FROM trial_user_attributes WHERE trial_id = :t "
+                                             "AND key = 'epochs' FOR UPDATE"), {"t": trial._trial_id})
+                waiting = sqlalchemy.text("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                          "AND application_name LIKE :who")
+                who = {"who": f"search@%:{worker.pid}"}
+                wait_for(lambda: conn.execute(waiting, who).scalars().all(), what="the worker's write to wait",
+                         alive=(worker,), timeout=120)
+                killed = conn.execute(sqlalchemy.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE :who"),
+                    who).scalar()
+                assert killed >= 1
+                conn.rollback()
+    finally:
+        engine.dispose()
+
+    out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, f"worker failed\nstdout:\n{out}\nstderr:\n{err}"
+    (done,) = pg.trials(name)
+    assert done.state.name == "COMPLETE" and done.user_attrs["end_reason"] == "completed"
+    assert sorted(done.intermediate_values) == [1, 2, 3, 4], "every epoch's report kept"
+    assert [e["epoch"] for e in done.user_attrs["epochs"]] == [1, 2, 3, 4]
+    assert done.value == done.intermediate_values[4]
+
+
+def test_sixteen_workers_started_at_once_create_the_study_once_and_run_each_config_once(pg, write_spec, cli_env,
+                                                                                          tmp_path):
+    name = pg.name("crowd")
+    configs = [known(f"c{i}", 1e-4 * (i + 1), 1, batch=(16, 32)[i % 2]) for i in range(16)]
+    spec = write_spec(name, known=configs, pruner=NO_PRUNING)
+    worker = command("worker", "--study", str(spec), "--storage", pg.url, "--n-trials", "16", "--budget", "study")
+    procs = [subprocess.Popen(worker, cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(16)]
+    try:
+        outputs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, f"a worker failed\nstdout:\n{out}\nstderr:\n{err}"
+
+    assert pg.study_names() == {name}, "one study, created once"
+    trials = pg.trials(name)
+    assert len(trials) == 16, "the 16 enqueued configurations and nothing else: enqueued once, budget kept"
+    assert all(t.state.name == "COMPLETE" for t in trials), [(t.number, t.state.name) for t in trials]
+    runs = collections.Counter(t.user_attrs.get("known_config") for t in trials)
+    assert runs == {c["name"]: 1 for c in configs}
+    for t in trials:
+        config = next(c for c in configs if c["name"] == t.user_attrs["known_config"])
+        assert t.params == pytest.approx(config["params"])
+
+
+# --- out of memory and a non-finite loss: one worker run, read by two tests ---------------------
+
+FAULTS = {"SEARCH_FAULT_OOM": "step=2,above_batch=8", "SEARCH_FAULT_NAN": "epoch=2"}
+FAULTY_CONFIGS = [
+    known("fits-halved", 1e-3, 1, batch=16),  # out of memory at batch 16; 8 x 2 fits
+    known("never-fits", 1e-3, 1, batch=32),  # out of memory at 32, and at 16 x 2 again
+    known("nan", 1e-3, 2, batch=8),  # fits; its loss turns NaN in epoch 2
+    known("after", 3e-3, 1, batch=8),  # the worker went on
+]
+
+
+class FaultyRun:
+    def __init__(self, store, name, spec_path, stdout, stderr, returncode) -> None:
+        self.store, self.name, self.spec_path = store, name, spec_path
+        self.stdout, self.stderr, self.returncode = stdout, stderr, returncode
+
+    def trial(self, config: str) -> optuna.trial.FrozenTrial:
+        (found,) = [t for t in self.store.trials(self.name) if t.user_attrs.get("known_config") == config]
+        return found
+
+
+@pytest.fixture(scope="module")
+def faulty_run(request, tmp_path_factory, data_dir, tiny_model, cli_env) -> Iterator[FaultyRun]:
+    folder = tmp_path_factory.mktemp("faults")
+    store = open_store("postgresql", folder, request)
+    name = store.name("faults")
+    spec_path = folder / f"{name}.yaml"
+    spec = spec_dict(name, tiny_model, known=FAULTY_CONFIGS, pruner=NO_PRUNING)
+    spec["space"]["per_device_train_batch_size"]["choices"] = [8, 16, 32]
+    spec_path.write_text(yaml.safe_dump(spec))
+    result = subprocess.run(command("worker", "--study", str(spec_path), "--storage", store.url, "--n-trials", "4"),
+                            cwd=folder, env={**cli_env, **FAULTS}, capture_output=True, text=True, timeout=600)
+    yield FaultyRun(store, name, spec_path, result.stdout, result.stderr, result.returncode)
+    store.close()
+
+
+def test_out_of_memory_is_retried_with_half_the_micro_batch_and_the_same_effective_batch(faulty_run, recipe):
+    assert faulty_run.returncode == 0, faulty_run.stdout + faulty_run.stderr
+    halved = faulty_run.trial("fits-halved")
+    assert halved.state.name == "COMPLETE"
+    retry = halved.user_attrs["oom_retry"]
+    assert retry["from"] == {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1}
+    assert retry["to"] == {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2}
+    assert "out of memory" in retry["error"] and "injected" in retry["error"]
+    assert halved.params["per_device_train_batch_size"] == 16, "the trial keeps the configuration it was given"
+
+    # What the retry trained is the configuration at 8 x 2: the same run here gives the same value.
+    from search.spec import load_spec
+
+    params = load_spec(str(faulty_run.spec_path)).params(halved.params)
+    direct = recipe.train({**params, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 2})
+    assert direct["accuracy"] == halved.value
+
+    never = faulty_run.trial("never-fits")
+    assert never.state.name == "FAIL"
+    assert never.user_attrs["end_reason"].startswith("failed: OutOfMemoryError: out of memory even at micro-batch 16 "
+                                                     "with accumulation 2 (the same effective batch as 32 x 1)")
+    assert never.user_attrs["oom_retry"]["to"] == {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 2}
+    assert faulty_run.trial("after").state.name == "COMPLETE", "the worker went on"
+
+
+def test_a_non_finite_loss_prunes_the_trial_with_the_reason(faulty_run):
+    assert faulty_run.returncode == 0, faulty_run.stdout + faulty_run.stderr
+    nan = faulty_run.trial("nan")
+    assert nan.state.name == "PRUNED"
+    assert nan.user_attrs["end_reason"] == "non-finite training loss at epoch 2"
+    assert sorted(nan.intermediate_values) == [1], "epoch 1 reported; epoch 2 never evaluated"
+    assert "non-finite training loss at epoch 2" in faulty_run.stdout
+    assert faulty_run.trial("after").state.name == "COMPLETE", "the worker went on"
