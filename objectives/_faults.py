@@ -8,9 +8,10 @@ Each fault is off unless its environment variable is set (a comma-separated list
   run at batch 16 runs out of memory and its retry at batch 8 fits; with ``above_batch=4``
   the retry does not fit either.
 - ``SEARCH_FAULT_NAN="epoch=E"``: the training loss is NaN from epoch E on (the engine prunes).
-- ``SEARCH_FAULT_ERROR="rank=R,epoch=E[,step=S]"``: raise ``RuntimeError`` on rank R only (0
-  outside a process group) at step S (default 1) of epoch E: one rank of a data-parallel trial
-  failing while the others wait in a collective.
+- ``SEARCH_FAULT_ERROR="rank=R,epoch=E[,step=S][,batch=B]"``: raise ``RuntimeError`` on rank R
+  only (0 outside a process group) at step S (default 1) of epoch E, in runs whose micro-batch
+  is B (default: any): one rank of a data-parallel trial failing while the others wait in a
+  collective.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def before_step(*, epoch: int, step_in_epoch: int, step_in_run: int, micro_batch
             f"CUDA out of memory at step {step_in_run} with micro-batch {micro_batch} (injected by SEARCH_FAULT_OOM)")
     error = _setting("SEARCH_FAULT_ERROR")
     if (error and _rank() == error.get("rank", 0) and epoch == error.get("epoch", 1)
-            and step_in_epoch == error.get("step", 1)):
+            and step_in_epoch == error.get("step", 1) and micro_batch == error.get("batch", micro_batch)):
         raise RuntimeError(f"injected failure on rank {_rank()} at epoch {epoch} step {step_in_epoch} "
                            "(SEARCH_FAULT_ERROR)")
 

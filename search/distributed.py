@@ -55,9 +55,11 @@ def storage_url(storage: optuna.storages.BaseStorage) -> str:
     return str(url)
 
 
-def train_distributed(trial: optuna.Trial, spec: Any, params: dict[str, Any], *, nproc: int,
+def train_distributed(trial: optuna.Trial, spec: Any, params: dict[str, Any], *, nproc: int, storage: str,
                       checkpoint_dir: Path | None, skip_steps: set[int]) -> dict[str, Any]:
     """Train one trial on ``nproc`` ranks; returns the objective's result (rank 0's).
+
+    ``storage`` is the storage URL, for rank 0 (``storage_url``).
 
     Raises ``optuna.TrialPruned`` when the ranks pruned it, ``torch.OutOfMemoryError`` when a
     rank ran out of memory, ``TrialFailed`` for any other failure.
@@ -69,7 +71,7 @@ def train_distributed(trial: optuna.Trial, spec: Any, params: dict[str, Any], *,
                "number": trial.number, "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
                "skip_steps": sorted(skip_steps), "out": str(folder)}
         (folder / "job.json").write_text(json.dumps(job))
-        env = {**os.environ, "SEARCH_STORAGE": storage_url(trial.study._storage), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "SEARCH_STORAGE": storage, "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
                    f"--nproc-per-node={nproc}", "-m", "search.distributed", str(folder / "job.json")]
         with open(folder / "stderr.log", "w") as stderr:

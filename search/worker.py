@@ -15,7 +15,7 @@ from objectives import TrialReporter, get_objective
 from objectives._data import checkpoint_root
 from search.budget import StudyBudget
 from search.display import WorkerDisplay
-from search.distributed import train_distributed
+from search.distributed import storage_url, train_distributed
 from search.oom import SkipReported, train_retrying_oom
 from search.report import dashboard_callback
 from search.shutdown import STOPPED_REASON, Shutdown, requeue
@@ -42,11 +42,13 @@ class _DisplayReporter(TrialReporter):
 
 
 def make_objective(spec: StudySpec, display: WorkerDisplay | None = None, *, gpus_per_trial: int | None = None,
-                   shutdown: Shutdown | None = None, budget: StudyBudget | None = None):
+                   shutdown: Shutdown | None = None, budget: StudyBudget | None = None,
+                   storage: optuna.storages.BaseStorage | None = None):
     """The function ``study.optimize`` calls. ``gpus_per_trial`` (default: the spec's) above 1
-    trains each trial data-parallel under torchrun (``search/distributed.py``)."""
+    trains each trial data-parallel under torchrun (``search/distributed.py``) on ``storage``."""
     objective = get_objective(spec.objective)
     nproc = gpus_per_trial or spec.gpus_per_trial
+    url = storage_url(storage) if nproc > 1 and storage is not None else None
 
     def run_trial(trial: optuna.Trial) -> float:
         if budget:
@@ -80,8 +82,8 @@ def make_objective(spec: StudySpec, display: WorkerDisplay | None = None, *, gpu
 
         def train(params: dict[str, Any], skip_steps: set[int]) -> dict[str, Any]:
             if nproc > 1:
-                return train_distributed(trial, spec, params, nproc=nproc, checkpoint_dir=reporter.checkpoint_dir,
-                                         skip_steps=skip_steps)
+                return train_distributed(trial, spec, params, nproc=nproc, storage=url or storage_url(storage),
+                                         checkpoint_dir=reporter.checkpoint_dir, skip_steps=skip_steps)
             return objective.train(params, SkipReported(reporter, skip_steps) if skip_steps else reporter)
 
         def reported_steps() -> set[int]:
@@ -147,7 +149,8 @@ def run_trials(study: optuna.Study, spec: StudySpec, storage: optuna.storages.Ba
     if display:
         callbacks.append(display.trial_finished)
     budget = StudyBudget(study, storage, study_budget) if study_budget is not None else None
-    objective = make_objective(spec, display, gpus_per_trial=gpus_per_trial, shutdown=shutdown, budget=budget)
+    objective = make_objective(spec, display, gpus_per_trial=gpus_per_trial, shutdown=shutdown, budget=budget,
+                               storage=storage)
     if shutdown:
         shutdown.study = study
     try:

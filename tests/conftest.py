@@ -264,6 +264,14 @@ def open_store(kind: str, folder: Path, request: pytest.FixtureRequest) -> Store
     return Store(kind, request.getfixturevalue("pg_url"))
 
 
+@pytest.fixture
+def pg_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The real PostgreSQL only (what many machines share)."""
+    opened = open_store("postgresql", tmp_path, request)
+    yield opened
+    opened.close()
+
+
 @pytest.fixture(params=["journal", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """Each store the service supports: the embedded journal file and PostgreSQL."""

@@ -7,6 +7,8 @@ data against the real PostgreSQL at 127.0.0.1:5432.
 from __future__ import annotations
 
 import collections
+import multiprocessing
+import os
 import signal
 import subprocess
 import time
@@ -28,10 +30,8 @@ NO_PRUNING = {"type": "NopPruner"}
 
 
 @pytest.fixture
-def pg(request, tmp_path):
-    opened = open_store("postgresql", tmp_path, request)
-    yield opened
-    opened.close()
+def pg(pg_store):
+    return pg_store
 
 
 def wait_for(condition: Callable[[], Any], *, what: str, timeout: float = 180, alive: tuple = ()) -> Any:
@@ -122,22 +122,49 @@ def test_a_connection_killed_mid_call_is_recovered(pg, write_spec, start_cli, pg
     assert done.value == done.intermediate_values[4]
 
 
+def _forked_worker(argv: list[str], env: dict[str, str], out: str, barrier: Any) -> None:
+    """One worker process: the `search` CLI's main() as its own process, output to a file."""
+    import sys
+
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["search", *argv]
+    sys.stdout = sys.stderr = open(out, "w", buffering=1)
+    barrier.wait()  # every worker starts the CLI at the same instant
+    from search.cli import main
+
+    main()
+
+
 def test_sixteen_workers_started_at_once_create_the_study_once_and_run_each_config_once(pg, write_spec, cli_env,
-                                                                                          tmp_path):
+                                                                                          tmp_path, recipe):
+    """Forked from this process, with torch and the data already loaded: the 16 workers reach
+    the storage within milliseconds of each other (16 cold interpreters importing torch on two
+    cores would trickle in over a minute), and the test stays short."""
     name = pg.name("crowd")
     configs = [known(f"c{i}", 1e-4 * (i + 1), 1, batch=(16, 32)[i % 2]) for i in range(16)]
     spec = write_spec(name, known=configs, pruner=NO_PRUNING)
-    worker = command("worker", "--study", str(spec), "--storage", pg.url, "--n-trials", "16", "--budget", "study")
-    procs = [subprocess.Popen(worker, cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(16)]
+    import search.cli  # noqa: F401 - loaded here, shared by the forked workers
+    from search.spec import load_spec
+
+    recipe.prepare(load_spec(str(spec)).params({}))
+    argv = ["worker", "--study", str(spec), "--storage", pg.url, "--n-trials", "16", "--budget", "study"]
+    env = {**cli_env, "TOKENIZERS_PARALLELISM": "false", "SEARCH_DATA_DIR": os.environ["SEARCH_DATA_DIR"]}
+    fork = multiprocessing.get_context("fork")
+    barrier = fork.Barrier(16)
+    logs = [tmp_path / f"worker-{i}.log" for i in range(16)]
+    procs = [fork.Process(target=_forked_worker, args=(argv, env, str(log), barrier)) for log in logs]
+    for p in procs:
+        p.start()
     try:
-        outputs = [p.communicate(timeout=600) for p in procs]
+        for p in procs:
+            p.join(timeout=300)
     finally:
         for p in procs:
-            if p.poll() is None:
+            if p.is_alive():
                 p.kill()
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, f"a worker failed\nstdout:\n{out}\nstderr:\n{err}"
+    for p, log in zip(procs, logs):
+        assert p.exitcode == 0, f"a worker failed (exit {p.exitcode}):\n{log.read_text()}"
 
     assert pg.study_names() == {name}, "one study, created once"
     trials = pg.trials(name)
@@ -148,6 +175,8 @@ def test_sixteen_workers_started_at_once_create_the_study_once_and_run_each_conf
     for t in trials:
         config = next(c for c in configs if c["name"] == t.user_attrs["known_config"])
         assert t.params == pytest.approx(config["params"])
+    workers = {t.system_attrs["search:worker"] for t in trials}
+    assert len(workers) > 1, "the trials were shared between workers"
 
 
 # --- out of memory and a non-finite loss: one worker run, read by two tests ---------------------
