@@ -146,13 +146,13 @@ def launch(
     from search.launch import Launcher, LaunchError, parse_gpus, slots
 
     spec = load_spec(study, _parse_sets(set_))
-    _, where = _open(storage)  # a storage that does not open is one line now, not one per worker
     try:
         found = parse_gpus(gpus)
         per_trial = gpus_per_trial or spec.gpus_per_trial
         devices = slots(found, gpus_per_trial=per_trial, per_gpu=per_gpu)
     except LaunchError as e:
         raise CommandError(str(e)) from None
+    _, where = _open(storage)  # a storage that does not open is one line now, not one per worker
     args = ["--study", study, *(a for item in set_ for a in ("--set", item))]
     args += ["--name", name] if name else []
     args += ["--n-trials", str(n_trials), "--budget", "study"] if n_trials else []
