@@ -248,3 +248,39 @@ def test_a_non_finite_loss_prunes_the_trial_with_the_reason(faulty_run):
     assert sorted(nan.intermediate_values) == [1], "epoch 1 reported; epoch 2 never evaluated"
     assert "non-finite training loss at epoch 2" in faulty_run.stdout
     assert faulty_run.trial("after").state.name == "COMPLETE", "the worker went on"
+
+
+# --- the study-wide budget, in this process -----------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_the_budget_holds_a_slot_for_a_running_trial_and_frees_it_when_that_trial_dies(pg, monkeypatch):
+    from search.budget import StudyBudget
+    from storage import open_storage
+
+    monkeypatch.setenv("SEARCH_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("SEARCH_GRACE_PERIOD", "1")
+    storage = open_storage(pg.url)
+    study = optuna.create_study(study_name=pg.name("slots"), storage=storage)
+    study.tell(study.ask(), 1.0)
+    running = study.ask()
+    storage.record_heartbeat(running._trial_id)  # alive a moment ago, silent from now on
+
+    budget = StudyBudget(study, storage, 3, poll_seconds=0.1)
+    assert budget.admit() is True, "1 finished + 1 running < 3: a slot is free"
+    budget.release()
+
+    budget = StudyBudget(study, storage, 2, poll_seconds=0.1)
+    started = time.monotonic()
+    assert budget.admit() is True, "the running trial went silent: failed and re-queued, so its slot is free"
+    budget.release()
+    assert time.monotonic() - started >= 0.5, "it waited for the trial instead of stopping or starting another"
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["COMPLETE", "FAIL", "WAITING"], "the dead trial failed and its re-run queued"
+
+    rerun = study.ask()  # the re-run takes the slot; with it running, the study's 2 slots are held
+    assert rerun.params == {} and rerun.number == 2
+    assert budget.admit(deadline=time.monotonic() + 1.5) is False and not budget.spent()
+    study.tell(rerun, 2.0)
+    assert budget.admit() is False and budget.spent(), "2 finished: spent, every worker stops"
+    storage.engine.dispose()
