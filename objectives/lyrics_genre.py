@@ -167,22 +167,28 @@ def _cleaned_songs(root: Path, genres: tuple[str, ...]) -> tuple[list[Song], dic
 
 
 def labelled(params: dict[str, Any]) -> LabelledTexts:
-    """The study's songs, labels and artist-grouped splits."""
-    genres = tuple(params["genres"])
-    songs, _ = load_songs(genres)
-    labels = [genres.index(s.genre) for s in songs]
-    from sklearn.model_selection import StratifiedGroupKFold  # seconds to import: only when splitting
-
-    folds = StratifiedGroupKFold(n_splits=N_FOLDS, shuffle=True, random_state=params["split_seed"])
-    held = [list(part) for _, part in folds.split(np.zeros(len(songs)), labels, [s.artist for s in songs])]
-    test, validation = held[0], held[1]
-    rest = sorted(set(range(len(songs))) - set(test) - set(validation))
-    rng = np.random.default_rng(params["split_seed"])
+    """The study's songs, labels and artist-grouped splits (computed once per worker)."""
     cap = params["samples_per_genre"]
     if not isinstance(cap, int) or cap < 1:
         raise SetupError(f"samples_per_genre must be a positive integer, not {cap!r}")
-    train = sorted(i for g in range(len(genres)) for i in rng.permutation([i for i in rest if labels[i] == g])[:cap])
-    validation = [int(i) for i in rng.permutation(validation)][: params["max_eval_samples"]]
+    genres = tuple(params["genres"])
+    return _labelled(data_root(genres), genres, params["split_seed"], cap, params["max_eval_samples"])
+
+
+@functools.lru_cache(maxsize=8)
+def _labelled(root: Path, genres: tuple[str, ...], split_seed: int, cap: int, max_eval: int | None) -> LabelledTexts:
+    songs, _ = _cleaned_songs(root, genres)
+    labels = [genres.index(s.genre) for s in songs]
+    from sklearn.model_selection import StratifiedGroupKFold  # seconds to import: only when splitting
+
+    folds = StratifiedGroupKFold(n_splits=N_FOLDS, shuffle=True, random_state=split_seed)
+    held = [list(part) for _, part in folds.split(np.zeros(len(songs)), labels, [s.artist for s in songs])]
+    test, validation = held[0], held[1]
+    rest = sorted(set(range(len(songs))) - set(test) - set(validation))
+    rng = np.random.default_rng(split_seed)
+    by_genre = [[i for i in rest if labels[i] == g] for g in range(len(genres))]
+    train = sorted(int(i) for members in by_genre for i in rng.permutation(members)[:cap])
+    validation = [int(i) for i in rng.permutation(validation)][:max_eval]
     return LabelledTexts(Corpus.of(TASK, [s.text for s in songs]), tuple(labels),
                          tuple(GENRES[g] for g in genres), {"train": train, "validation": validation, "test": sorted(test)})
 
