@@ -170,6 +170,50 @@ def launch(
     raise typer.Exit(code)
 
 
+@app.command()
+def slurm(
+    study: str = typer.Option(..., "--study", help="Spec name in spaces/ (or a spec YAML path)."),
+    nodes: int = typer.Option(..., "--nodes", min=1, help="Nodes of the job."),
+    gpus_per_node: int = typer.Option(..., "--gpus-per-node", min=1, help="GPUs used on every node."),
+    time_limit: Optional[str] = typer.Option(None, "--time", help="Job time limit, HH:MM:SS (default: the partition's)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Script to write (default: search-STUDY.sbatch)."),
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", min=1, help="Finished trials the whole study should "
+                                           "hold; the workers stop then (default: run until the time limit)."),
+    set_: list[str] = typer.Option([], "--set", help="KEY=VALUE: pin a parameter in the study being created."),
+    name: Optional[str] = typer.Option(None, "--name", help="Study name in storage (default: the spec's name)."),
+    gpus_per_trial: Optional[int] = typer.Option(None, "--gpus-per-trial", min=1,
+                                                 help="GPUs per trial (default: the spec's resources.gpus_per_trial)."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="SLURM partition."),
+) -> None:
+    """Write an sbatch script: one worker per GPU on every node; the storage URL comes from
+    $SEARCH_STORAGE when the job runs and is never written into the script."""
+    from search.slurm import SlurmError, sbatch_script
+
+    spec = load_spec(study, _parse_sets(set_))
+    spec_arg = str(Path(study).resolve()) if study.endswith((".yaml", ".yml")) or os.sep in study else study
+    args = ["--study", spec_arg, *(a for item in set_ for a in ("--set", item))]
+    args += ["--name", name] if name else []
+    args += ["--n-trials", str(n_trials), "--budget", "study"] if n_trials else []
+    args += ["--gpus-per-trial", str(gpus_per_trial)] if gpus_per_trial else []
+    study_name = name or spec.name
+    per_trial = gpus_per_trial or spec.gpus_per_trial
+    try:
+        script = sbatch_script(job_name=f"search-{study_name}", nodes=nodes, gpus_per_node=gpus_per_node,
+                               gpus_per_trial=per_trial, time_limit=time_limit, worker_args=args, workdir=Path.cwd(),
+                               partition=partition)
+    except SlurmError as e:
+        raise CommandError(str(e)) from None
+    path = output or Path(f"search-{study_name}.sbatch")
+    try:
+        path.write_text(script)
+    except OSError as e:
+        raise CommandError(f"cannot write {path}: {e.strerror or e}") from None
+    workers = nodes * gpus_per_node // per_trial
+    console.print(f"wrote {path}: {nodes} node(s) x {gpus_per_node} GPUs, {workers} workers on study {study_name}. "
+                  f"Submit with: export SEARCH_STORAGE=postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB; "
+                  f"sbatch {path}", soft_wrap=True)
+
+
 def _print_status(study: Any, spec: Any, where: str, best: Any) -> None:
     from search.export import state_counts
 
@@ -266,11 +310,34 @@ class _ConsoleReporter(Reporter):
         console.print(f"epoch {step}: {value:.4f}")
 
 
+def _checkpointing(reporter: Reporter, name: str, objective: Any, folder: Path | None, resume: bool) -> None:
+    """Point the run at its checkpoint folder: a new run needs an empty one, --resume a checkpoint."""
+    from objectives._checkpoint import has_checkpoint, read_summary
+
+    if not getattr(objective, "RESUMABLE", False):
+        raise CommandError(f"objective {name} does not checkpoint: --checkpoint-dir and --resume need one that does")
+    if folder is None:
+        raise CommandError("--resume needs --checkpoint-dir DIR, the folder of the run to continue")
+    if resume and not has_checkpoint(folder):
+        raise CommandError(f"--resume: no checkpoint in {folder}")
+    if not resume and has_checkpoint(folder):
+        step = read_summary(folder).get("step", "?")
+        raise CommandError(f"{folder} holds a checkpoint (step {step}): add --resume to continue it, "
+                           "or give another folder")
+    if resume:
+        console.print(f"resuming {folder} from step {read_summary(folder).get('step', '?')}")
+    reporter.checkpoint_dir, reporter.keep_checkpoint, reporter.resume_any_config = folder, True, resume
+
+
 @app.command()
 def run(
     config: Path = typer.Option(..., "--config", help="A YAML file written by `search export`."),
     on_test: bool = typer.Option(False, "--on-test", help="Also score the held-out test split (confirmation only)."),
     rank: int = typer.Option(1, "--rank", min=1, help="Which configuration of an `export --top K` file."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, "--checkpoint-dir", help="Keep a resumable checkpoint of "
+                                                  "this run in DIR (objectives that checkpoint, e.g. babylm)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run checkpointed in --checkpoint-dir, with "
+                                "this file's hyperparameters (weights, optimizer moments and step carry over)."),
 ) -> None:
     """One training run from an exported configuration; no study needed."""
     try:
@@ -288,9 +355,12 @@ def run(
     if unknown:
         raise SpecError(f"{config}: params.{sorted(unknown)[0]}: not a parameter of objective {objective_name}")
     params = {**objective.PARAMS, **params}  # a hand-trimmed config runs with the objective's defaults
+    reporter = _ConsoleReporter()
+    if checkpoint_dir is not None or resume:
+        _checkpointing(reporter, objective_name, objective, checkpoint_dir, resume)
     objective.prepare(params)
     start = time.perf_counter()
-    result = objective.train(params, _ConsoleReporter(), on_test=on_test)
+    result = objective.train(params, reporter, on_test=on_test)
     metric = objective.METRIC
     table = Table(title=f"{config} ({objective_name}, {time.perf_counter() - start:.0f} s)")
     table.add_column("")

@@ -147,6 +147,33 @@ def start_cli(cli_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[...,
         proc.communicate()
 
 
+def parse_cli(argv: list[str]) -> Any:
+    """``search ARGV`` parsed by the real CLI: the command and its options exist and the values
+    convert (a click error otherwise). Runs nothing; returns the click context (``.params``)."""
+    import typer.main
+
+    from search.cli import app
+
+    group = typer.main.get_command(app)
+    name, *rest = argv
+    if name not in group.commands:
+        raise LookupError(f"no command {name!r} (commands: {', '.join(group.commands)})")
+    return group.commands[name].make_context(name, list(rest))
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """``search ARGS`` in this test's process, where torch is already imported (fast): the exit
+    code, stdout and stderr. For commands that train nothing; ``cli`` runs the real process."""
+    from search.cli import main
+
+    monkeypatch.setenv("TZ", os.environ.get("TZ", "UTC"))  # main() sets TZ; restored afterwards
+    monkeypatch.setattr("sys.argv", ["search", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out, err = capsys.readouterr()
+    return exit_.value.code or 0, out, err
+
+
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     return result

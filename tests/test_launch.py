@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import known
+from conftest import known, run_main
 from search.launch import detect_gpus, parse_gpus, slots
 from search.shutdown import STOPPED_REASON
 
@@ -81,16 +81,6 @@ def test_launch_gives_up_on_a_worker_that_keeps_dying(pg_store, write_spec, cli,
     assert log.count("stopped after 3 failed trials in a row") == 2, "started twice, and each time it failed"
 
 
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """`search ARGS` in this process (its imports are warm): exit code and stderr."""
-    from search.cli import main
-
-    monkeypatch.setattr("sys.argv", ["search", *args])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    return exit_.value.code, capsys.readouterr().err
-
-
 def test_gpus_and_trial_groups(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert detect_gpus() == ["2", "3"], "the GPUs this process may see"
@@ -101,8 +91,9 @@ def test_gpus_and_trial_groups(monkeypatch, capsys, tmp_path):
     assert slots(["0", "1", "2", "3"], gpus_per_trial=2, per_gpu=1) == ["0,1", "2,3"]
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))  # never the user's store
-    code, err = run_main(monkeypatch, capsys, "launch", "--study", "recipe-mpr", "--gpus", "0,1,2", "--gpus-per-trial", "2")
+    code, _, err = run_main(monkeypatch, capsys, "launch", "--study", "recipe-mpr", "--gpus", "0,1,2",
+                            "--gpus-per-trial", "2")
     assert (code, err.strip()) == (2, "error: 3 GPUs (0,1,2) do not divide into trials of 2 GPUs")
-    code, err = run_main(monkeypatch, capsys, "launch", "--study", "recipe-mpr", "--gpus", "0,x")
+    code, _, err = run_main(monkeypatch, capsys, "launch", "--study", "recipe-mpr", "--gpus", "0,x")
     assert (code, err.strip()) == (2, "error: --gpus '0,x': expected all, none, or GPU ids like 0,1,2,3")
     assert list(tmp_path.iterdir()) == [], "nothing stored"
