@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from optuna_dashboard import get_note, save_note, save_plotly_graph_object
 
+from search import scaling
 from search.spec import StudySpec
 from storage import study_lock
 
@@ -133,6 +134,9 @@ def trial_note(spec: StudySpec, trial: FrozenTrial) -> str:
     if epochs:
         lines += ["", "| epoch | train loss | " + metric + " | seconds |", "|---|---|---|---|"]
         lines += [f"| {e['epoch']} | {e['train_loss']} | {_fmt(e['value'])} | {e['seconds']} |" for e in epochs]
+    if trial.user_attrs.get("world_size", 1) > 1:
+        lines += ["", f"Trained data-parallel on {trial.user_attrs['world_size']} "
+                  f"{'GPUs' if trial.user_attrs.get('device') == 'cuda' else 'CPU processes'}; seconds are wall time."]
     return "\n".join(lines) + "\n"
 
 
@@ -180,6 +184,7 @@ def study_note(study: optuna.Study, spec: StudySpec) -> str:
         tables = classification_tables(top[0].user_attrs)
         if tables:
             lines += ["", f"### Best trial {top[0].number} per class (validation)", *tables]
+    lines += scaling.note_lines(trials)
     failed = [t for t in trials if t.state == TrialState.FAIL][-TOP:]
     if failed:
         lines += ["", "### Failed trials (latest)", "", "| trial | why |", "|---|---|"]

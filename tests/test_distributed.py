@@ -73,3 +73,29 @@ def test_evaluation_under_ddp_counts_every_item_once(tiny_model, recipe, tmp_pat
     assert torch.allclose(gathered["logits"], single, atol=1e-5)
     labels = torch.tensor([ex["label"] for ex in loader.dataset])
     assert (gathered["logits"].argmax(-1) == labels).sum() == (single.argmax(-1) == labels).sum()
+
+
+def test_the_note_shows_the_speedup_against_1_gpu_trials_of_the_same_configuration():
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from search import scaling
+
+    def trial(lr: float, seconds: list[float], world: int | None, number: int):
+        attrs = {"epochs": [{"epoch": i + 1, "seconds": s} for i, s in enumerate(seconds)], "device": "cuda"}
+        if world:
+            attrs["world_size"] = world
+        made = create_trial(value=0.9, params={"learning_rate": lr}, user_attrs=attrs,
+                            distributions={"learning_rate": FloatDistribution(1e-5, 1e-2, log=True)})
+        made.number = number
+        return made
+
+    # The seed's figures: 180 s per epoch on 1 GPU, 60 s on 4 GPUs.
+    trials = [trial(2e-5, [170.0, 190.0], None, 0), trial(2e-5, [60.0], 4, 1), trial(3e-5, [55.0], 4, 2)]
+    (row,) = scaling.speedups(trials)
+    assert row["gpus"] == 4 and row["trials_1"] == [0] and row["trials_g"] == [1]
+    assert row["speedup"] == pytest.approx(3.0) and row["efficiency"] == pytest.approx(0.75)
+    note = "\n".join(scaling.note_lines(trials))
+    assert "| 4 | 0 / 1 | 180.0 | 60.0 | 3.00x | 75% |" in note
+    assert scaling.note_lines(trials[:1]) == [], "no multi-GPU trial: no section"
+    assert "no speed-up to show" in "\n".join(scaling.note_lines(trials[1:]))
