@@ -33,8 +33,9 @@ class StudyBudget:
     def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, total: int, *,
                  poll_seconds: float | None = None) -> None:
         self.study, self.storage, self.total = study, storage, total
-        interval = getattr(storage, "get_heartbeat_interval", lambda: None)() or 5
-        self.poll_seconds = poll_seconds if poll_seconds is not None else min(float(interval), 5.0)
+        # A waiting worker checks once a second (one small query), or every heartbeat if faster.
+        interval = getattr(storage, "get_heartbeat_interval", lambda: None)() or 1
+        self.poll_seconds = poll_seconds if poll_seconds is not None else min(float(interval), 1.0)
         self._held = contextlib.ExitStack()
 
     def counts(self) -> tuple[int, int]:
