@@ -232,14 +232,15 @@ def fit(
     history = position.history
     global_step = position.step
 
-    def evaluate_and_report(epoch: int, train_loss: float, seconds: float) -> tuple[float, dict[str, Any]]:
+    def evaluate_and_report(epoch: int, train_loss: float, since: float) -> tuple[float, dict[str, Any]]:
         mark, unit = (global_step, "step") if by_steps else (epoch, "epoch")
         if not math.isfinite(train_loss):
             reporter.set_user_attr("end_reason", f"non-finite training loss at {unit} {mark}")
             raise optuna.TrialPruned(f"non-finite training loss at {unit} {mark}")
         value, attrs = evaluate(model, dtype)
         history.append({"epoch": epoch, **({"step": global_step} if by_steps else {}),
-                        "train_loss": round(train_loss, 5), "value": value, "seconds": round(seconds, 3),
+                        "train_loss": round(train_loss, 5), "value": value,
+                        "seconds": round(time.perf_counter() - since, 3),  # training and evaluation
                         **{key: attrs[key] for key in history_keys if key in attrs}})
         for key, item in attrs.items():
             reporter.set_user_attr(key, item)
@@ -310,7 +311,7 @@ def fit(
                 reporter.on_step(epoch, step, steps_per_epoch)
                 if by_steps and (global_step % args.eval_steps == 0 or global_step == total_steps):
                     train_loss = _ddp.mean_over_ranks(interval_sum, interval_batches)
-                    value, attrs = evaluate_and_report(epoch, train_loss, time.perf_counter() - interval_start)
+                    value, attrs = evaluate_and_report(epoch, train_loss, interval_start)
                     evaluated = True
                     train_model.train()
                     save(epoch, i + 1, epoch_shuffle)
@@ -320,7 +321,7 @@ def fit(
                     break
         if not by_steps:
             train_loss = _ddp.mean_over_ranks(loss_sum, n_batches)  # every rank decides on the same loss
-            value, attrs = evaluate_and_report(epoch, train_loss, time.perf_counter() - epoch_start)
+            value, attrs = evaluate_and_report(epoch, train_loss, epoch_start)
             evaluated = True
             if skip + n_batches < len(loader):  # stopped inside the epoch (max_steps)
                 save(epoch, skip + n_batches, epoch_shuffle)

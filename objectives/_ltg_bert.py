@@ -241,8 +241,11 @@ class LtgBertForMaskedLM(PreTrainedModel):
         padding = attention_mask == 0
         length = input_ids.shape[1]
         buckets = relative_position_buckets(length, self.config.position_bucket_size,
-                                            self.config.max_position_embeddings).to(input_ids.device)
+                                            self.config.max_position_embeddings)
+        # Short sequences use only the middle rows of the relative table: project just those.
+        low, high = int(buckets.min()), int(buckets.max())
         hidden, relative = self.embedding(input_ids)
+        relative, buckets = relative[low:high + 1], (buckets - low).to(input_ids.device)
         for layer in self.layers:
             hidden = layer(hidden, padding, relative, buckets)
         return hidden
