@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 from optuna_dashboard import get_note, save_note, save_plotly_graph_object
 
+from objectives._steplog import describe
 from search import scaling
 from search.spec import StudySpec
 from storage import study_lock
@@ -131,9 +132,16 @@ def trial_note(spec: StudySpec, trial: FrozenTrial) -> str:
         lines += [f"| {k} | {_fmt(v)} | {_fmt(spec.baseline.slices.get(k, '—'))} |" for k, v in per.items()]
     lines += classification_tables(trial.user_attrs)
     epochs = trial.user_attrs.get("epochs") or []
-    if epochs:
+    if epochs and any("step" in e for e in epochs):  # evaluated every N optimizer steps
+        lines += ["", "| step | epoch | train loss | " + metric + " | seconds |", "|---|---|---|---|---|"]
+        lines += [f"| {e.get('step', '')} | {e['epoch']} | {e['train_loss']} | {_fmt(e['value'])} | {e['seconds']} |"
+                  for e in epochs]
+    elif epochs:
         lines += ["", "| epoch | train loss | " + metric + " | seconds |", "|---|---|---|---|"]
         lines += [f"| {e['epoch']} | {e['train_loss']} | {_fmt(e['value'])} | {e['seconds']} |" for e in epochs]
+    signs = trial.user_attrs.get("warning_signs")
+    if signs:  # the engine's step log: loss spikes and exploding gradient norms (seed guide 002)
+        lines += ["", f"**Warning signs**: {describe(signs)} (rule: {signs['rule']})"]
     if trial.user_attrs.get("world_size", 1) > 1:
         lines += ["", f"Trained data-parallel on {trial.user_attrs['world_size']} "
                   f"{'GPUs' if trial.user_attrs.get('device') == 'cuda' else 'CPU processes'}; seconds are wall time."]
