@@ -417,6 +417,12 @@ def test_a_checkpoint_of_another_configuration_is_ignored_unless_resuming_on_pur
     assert sorted(more.reports) == [4, 8, 12, 16, 20]
     assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["step"] == 20
 
+    wider = Recorder(tmp_path / "run")
+    wider.keep_checkpoint, wider.resume_any_config = True, True
+    with pytest.raises(SetupError, match=r"does not fit this model \(a size changed\?\)"):
+        babylm.train({**params, "hidden_size": 48}, wider)
+    assert has_checkpoint(tmp_path / "run"), "kept: the run it belongs to can still go on"
+
 
 def test_bad_parameters_are_one_line_errors(babylm):
     base = {**babylm.PARAMS, **TINY}
