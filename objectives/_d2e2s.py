@@ -65,7 +65,7 @@ class D2E2SConfig:
         positive = {"max_span_size": self.max_span_size, "size_embedding": self.size_embedding,
                     "attention_heads": self.attention_heads, "num_layers": self.num_layers,
                     "lstm_layers": self.lstm_layers, "sampling_limit": self.sampling_limit,
-                    "hidden_dim": self.hidden_dim or 1, "gcn_dim": self.gcn_dim or 1}
+                    **{name: getattr(self, name) for name in ("hidden_dim", "gcn_dim") if getattr(self, name) is not None}}
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, not {value}")
@@ -190,7 +190,8 @@ class Fusion(nn.Module):
 
 def self_attention(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Parameter-free dot-product attention over the sentence's words (padding masked)."""
-    scores = (x @ x.transpose(1, 2)).masked_fill(~mask[:, None, :], torch.finfo(x.dtype).min)
+    scores = x @ x.transpose(1, 2)
+    scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
     return (scores.softmax(-1) @ x) * mask[:, :, None]
 
 

@@ -142,6 +142,8 @@ def test_bad_data_parameters_are_setup_errors(aste, tiny_model):
         aste.prepare(tiny_params(aste, tiny_model, max_train_sentences=-1))
     with pytest.raises(SetupError, match=r"^drop_out_rate must be in \[0, 1\), not 1.5$"):
         aste.prepare(tiny_params(aste, tiny_model, drop_out_rate=1.5))
+    with pytest.raises(SetupError, match="^hidden_dim must be at least 1, not 0$"):
+        aste.prepare(tiny_params(aste, tiny_model, hidden_dim=0))
 
 
 # --- batched span and pair operations ---------------------------------------------------------------
@@ -351,6 +353,15 @@ def test_training_lowers_the_loss(aste, tiny_model):
     aste.train(tiny_params(aste, tiny_model, num_train_epochs=3, max_train_sentences=96, learning_rate=5e-3), reporter)
     losses = [e["train_loss"] for e in reporter.attrs["epochs"]]
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_trains_under_bf16_autocast(aste, tiny_model):
+    # What `mixed_precision: auto` picks on a GPU with bf16; checked here on the CPU's autocast.
+    reporter = Recording()
+    result = aste.train(tiny_params(aste, tiny_model, num_train_epochs=1, max_train_sentences=16,
+                                    mixed_precision="bf16"), reporter)
+    assert reporter.attrs["mixed_precision_used"] == "bfloat16"
+    assert 0.0 < reporter.attrs["epochs"][0]["train_loss"] < 5.0 and 0.0 <= result["f1"] <= 1.0
 
 
 def test_pruning_stops_training_at_that_epoch(aste, tiny_model):
