@@ -64,8 +64,7 @@ def measure(config: str, *, model: str, steps: int, batch_size: int, threads: in
     span = 8 if config == "d2e2s-span8" else 6
     params = {**aste.PARAMS, "model_name_or_path": model, "max_span_size": span}
     sentences = aste.encoded_split("14res", "train", model)[: steps * batch_size]
-    sampling = aste.Sampling(**{k: params[k] for k in ("max_span_size", "neg_entity_count", "neg_triple_count",
-                                                         "sampling_limit")})
+    sampling = aste.Sampling.from_params(params)
     torch.manual_seed(0)
     batches = [aste.collate(list(sentences[i: i + batch_size]), pad_id=0, sampling=sampling)
                for i in range(0, len(sentences), batch_size)]

@@ -65,7 +65,7 @@ class D2E2SConfig:
         positive = {"max_span_size": self.max_span_size, "size_embedding": self.size_embedding,
                     "attention_heads": self.attention_heads, "num_layers": self.num_layers,
                     "lstm_layers": self.lstm_layers, "sampling_limit": self.sampling_limit,
-                    **{name: getattr(self, name) for name in ("hidden_dim", "gcn_dim") if getattr(self, name) is not None}}
+                    **{n: getattr(self, n) for n in ("hidden_dim", "gcn_dim") if getattr(self, n) is not None}}
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, not {value}")
@@ -180,7 +180,8 @@ class Fusion(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(ResidualBlock(gcn_dim, hidden) for _ in range(4))
         self.lstm = nn.LSTM(2 * hidden, hidden, num_layers=2, batch_first=True, bidirectional=True)
-        self.mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.LayerNorm(hidden))
+        self.mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                 nn.LayerNorm(hidden))
 
     def forward(self, words: torch.Tensor, channels: list[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
         syn_words, syn_lstm, sem_words, sem_lstm = (block(words, c) for block, c in zip(self.blocks, channels))

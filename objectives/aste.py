@@ -185,6 +185,13 @@ class Sampling:
     neg_triple_count: int
     sampling_limit: int
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Sampling:
+        for name in ("neg_entity_count", "neg_triple_count"):
+            if params[name] < 0:
+                raise SetupError(f"{name} must be 0 or more, not {params[name]}")
+        return cls(**{f.name: params[f.name] for f in fields(cls)})
+
 
 def collate(batch: list[Sentence], *, pad_id: int, sampling: Sampling | None = None) -> dict[str, torch.Tensor]:
     """Pad a batch; with ``sampling``, also draw the training spans and pairs."""
@@ -336,6 +343,7 @@ def _check_lengths(model: D2E2S, data: dict[str, tuple[Sentence, ...]]) -> None:
 def prepare(params: dict[str, Any]) -> None:
     """Load data, tokenizer and encoder and build the model once: fail before a study exists."""
     data = splits(params)
+    Sampling.from_params(params)
     _check_lengths(build_model(params, seed=0), data)
 
 
@@ -348,7 +356,7 @@ def train(params: dict[str, Any], reporter: Reporter | None = None, *, on_test: 
     model = build_model(params, seed=args.seed)
     _check_lengths(model, data)
     pad_id = load_tokenizer(params["model_name_or_path"]).pad_token_id or 0
-    sampling = Sampling(**{f.name: params[f.name] for f in fields(Sampling)})
+    sampling = Sampling.from_params(params)
     for split in ("train", "dev"):
         reporter.set_user_attr(f"data_{split}", data_report(data[split], params["max_span_size"]))
 

@@ -57,8 +57,7 @@ def batch_of(aste, tiny_model, n=8, sampling=None, split="dev"):
 
 
 def sampling(aste, **changes):
-    knobs = {k: aste.PARAMS[k] for k in ("max_span_size", "neg_entity_count", "neg_triple_count", "sampling_limit")}
-    return aste.Sampling(**{**knobs, **changes})
+    return aste.Sampling.from_params({**aste.PARAMS, **changes})
 
 
 class Recording(Reporter):
@@ -144,6 +143,8 @@ def test_bad_data_parameters_are_setup_errors(aste, tiny_model):
         aste.prepare(tiny_params(aste, tiny_model, drop_out_rate=1.5))
     with pytest.raises(SetupError, match="^hidden_dim must be at least 1, not 0$"):
         aste.prepare(tiny_params(aste, tiny_model, hidden_dim=0))
+    with pytest.raises(SetupError, match="^neg_triple_count must be 0 or more, not -5$"):
+        aste.prepare(tiny_params(aste, tiny_model, neg_triple_count=-5))
 
 
 # --- batched span and pair operations ---------------------------------------------------------------
