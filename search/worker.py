@@ -17,7 +17,7 @@ from search.budget import StudyBudget
 from search.display import WorkerDisplay
 from search.distributed import storage_url, train_distributed
 from search.oom import SkipReported, train_retrying_oom
-from search.report import dashboard_callback
+from search.dashboard_refresh import dashboard_callback
 from search.shutdown import STOPPED_REASON, Shutdown, requeue
 from search.spec import StudySpec
 from search.study import build_study, suggest, with_study_baseline
@@ -48,7 +48,7 @@ def make_objective(spec: StudySpec, display: WorkerDisplay | None = None, *, gpu
     trains each trial data-parallel under torchrun (``search/distributed.py``) on ``storage``."""
     objective = get_objective(spec.objective)
     nproc = gpus_per_trial or spec.gpus_per_trial
-    url = storage_url(storage) if nproc > 1 and storage is not None else None
+    url = storage_url(storage) if nproc > 1 else None  # where the ranks open the study
 
     def run_trial(trial: optuna.Trial) -> float:
         if budget:
@@ -82,7 +82,7 @@ def make_objective(spec: StudySpec, display: WorkerDisplay | None = None, *, gpu
 
         def train(params: dict[str, Any], skip_steps: set[int]) -> dict[str, Any]:
             if nproc > 1:
-                return train_distributed(trial, spec, params, nproc=nproc, storage=url or storage_url(storage),
+                return train_distributed(trial, spec, params, nproc=nproc, storage=url,
                                          checkpoint_dir=reporter.checkpoint_dir, skip_steps=skip_steps)
             return objective.train(params, SkipReported(reporter, skip_steps) if skip_steps else reporter)
 

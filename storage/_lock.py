@@ -26,25 +26,39 @@ def _key(study_name: str) -> int:
 
 
 @contextlib.contextmanager
-def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
-    """Hold the study's lock; ``storage`` is what ``open_storage`` returned."""
+def study_lock(storage: optuna.storages.BaseStorage, study_name: str, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the study's lock; ``storage`` is what ``open_storage`` returned.
+
+    Yields True. With ``wait=False`` it does not wait for another holder: it yields False at
+    once when the lock is taken (and then holds nothing).
+    """
     if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
         with storage.engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _key(study_name)})
+            if wait:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _key(study_name)})
+                held = True
+            else:
+                held = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": _key(study_name)}).scalar()
             try:
-                yield
+                yield held
             finally:
                 try:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _key(study_name)})
+                    if held:
+                        conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _key(study_name)})
                 except sqlalchemy.exc.DBAPIError as e:
                     if not connection_lost(e):
                         raise  # a lost connection took its session, and the lock, with it
     elif isinstance(storage, HeartbeatJournalStorage):
         with open(f"{storage.path}.{_key(study_name) & 0xFFFFFFFF:08x}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except BlockingIOError:
+                held = False
+            try:
+                yield held
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                if held:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
     else:
-        yield  # in-memory or SQLite: one process, or the database serializes writes
+        yield True  # in-memory or SQLite: one process, or the database serializes writes

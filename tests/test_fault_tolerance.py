@@ -284,3 +284,42 @@ def test_the_budget_holds_a_slot_for_a_running_trial_and_frees_it_when_that_tria
     study.tell(rerun, 2.0)
     assert budget.admit() is False and budget.spent(), "2 finished: spent, every worker stops"
     storage.engine.dispose()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_crowd_finishing_together_renders_the_note_once_per_wave_and_misses_no_trial(pg, tiny_model, monkeypatch):
+    """Twelve workers (threads, each with its own connections) finish a trial at the same moment:
+    they do not queue for the study lock one by one; the final note shows all twelve trials."""
+    import threading
+
+    from optuna_dashboard import get_note
+
+    from search import dashboard_refresh
+    from search.report import study_note
+    from search.spec import validate
+    from search.study import build_study
+    from storage import open_storage
+
+    spec = validate(spec_dict(pg.name("wave"), tiny_model, pruner=NO_PRUNING), "test spec")
+    study, _ = build_study(spec, open_storage(pg.url))
+    renders = []
+    original = dashboard_refresh.refresh_study
+    monkeypatch.setattr(dashboard_refresh, "refresh_study", lambda *a: renders.append(1) or original(*a))
+    start = threading.Barrier(12)
+
+    def worker(i: int) -> None:
+        storage = open_storage(pg.url)
+        mine = optuna.load_study(study_name=study.study_name, storage=storage)
+        trial = mine.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-7, 1e-2, log=True)})
+        mine.tell(trial, 0.1 + i / 100)
+        start.wait()
+        dashboard_refresh.refresh_coalesced(mine, spec, storage)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert "12 completed, 0 pruned, 0 failed" in get_note(study)
+    assert get_note(study) == study_note(study, spec), "the stored note renders the final state"
+    assert 1 <= len(renders) < 12, f"{len(renders)} renders for 12 finished trials"
