@@ -41,8 +41,10 @@ def test_launch_restarts_a_dead_worker_and_stops_every_worker_cleanly(pg_store, 
     name = pg_store.name("launch")
     spec = write_spec(name, known=[known(f"k{i}", 1e-3, 8) for i in range(6)], pruner=LONG,
                       edit=lambda s: s["space"]["num_train_epochs"].update(high=8))
+    # A long grace period: the SIGKILLed worker's trial stays RUNNING for the whole test, and the
+    # stopped workers' trials can only have been re-queued by the clean stop itself.
     launch = start_cli("launch", "--study", str(spec), "--storage", pg_store.url, "--gpus", "all", "--per-gpu", "2",
-                       "--max-restarts", "1", "--log-dir", str(tmp_path / "logs"))
+                       "--max-restarts", "1", "--log-dir", str(tmp_path / "logs"), env={"SEARCH_GRACE_PERIOD": "900"})
 
     first = wait_for(lambda: (b if len(b := busy(pg_store, name)) == 2 else None), what="two busy workers",
                      proc=launch)
@@ -59,7 +61,7 @@ def test_launch_restarts_a_dead_worker_and_stops_every_worker_cleanly(pg_store, 
     assert "died (exit -9); restart 1 of 1" in out and "stopping 2 workers" in out
 
     trials = pg_store.trials(name)
-    # The SIGKILLed worker could not clean up: its trial waits for the heartbeat (default grace 60 s).
+    # The SIGKILLed worker could not clean up: its trial waits for the heartbeat's grace period.
     assert [t.number for t in trials if t.state.name == "RUNNING"] == [first[killed_pid].number]
     # The stopped workers' trials: failed with the reason and re-queued at once, same parameters.
     stopped = [t for t in trials if t.state.name == "FAIL" and t.user_attrs.get("end_reason") == STOPPED_REASON]
