@@ -41,7 +41,9 @@ def triplet_scores(gold: Sequence[Set[Triplet]], predicted: Sequence[Set[Triplet
                    polarities: Sequence[str]) -> dict[str, Any]:
     """Overall triplet P/R/F1 and the same per gold/predicted polarity (``per_polarity``).
 
-    A polarity with no gold triplet in the split has ``f1: None`` (absent, not zero).
+    A polarity with no gold triplet in the split has ``f1: None`` (absent, not zero). Each
+    polarity's ``n`` is its number of gold triplets: the slice's size, by which confirmation
+    weighs it (the house convention for per-slice figures).
     """
     result = micro_scores(gold, predicted)
     per = {}
@@ -50,6 +52,6 @@ def triplet_scores(gold: Sequence[Set[Triplet]], predicted: Sequence[Set[Triplet
                               [{t for t in p if t.polarity == polarity} for p in predicted])
         if not scores["n_gold"]:
             scores.update(precision=None, recall=None, f1=None)
-        per[polarity] = scores
+        per[polarity] = {**scores, "n": scores["n_gold"]}
     result["per_polarity"] = per
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import optuna
 import pytest
 import yaml
 
@@ -51,6 +52,13 @@ def test_a_worker_runs_an_aste_trial_and_stores_f1_per_epoch(aste_spec, cli, tmp
 
     status = ok(cli("status", "--study", store.name("aste"), "--storage", str(journal)))
     assert "Span-ASTE" in status.stdout and "0.719" in status.stdout
+
+    # Confirmation re-trains the winner with a new seed and scores the whole test split.
+    ok(cli("confirm", "--study", store.name("aste"), "--storage", str(journal), "--top", "1", "--seeds", "1"))
+    confirmed = optuna.load_study(study_name=store.name("aste"), storage=store.optuna).user_attrs["search:confirmed"]
+    (figures,) = confirmed.values()
+    assert figures["n_items"] == 492 and figures["folds"] == 1 and 0.0 <= figures["mean"] <= 1.0
+    assert set(figures["slices"]) == {"POSITIVE", "NEGATIVE", "NEUTRAL"}
 
 
 @pytest.mark.parametrize(("sets", "env", "says"), [

@@ -48,6 +48,7 @@ def test_wrong_polarity_is_one_miss_and_one_false_positive():
     assert counts(negative) == (0, 0, 1) and negative["recall"] == 0.0 and negative["f1"] == 0.0
     assert counts(neutral) == (0, 1, 0)
     assert neutral["f1"] is None, "no gold neutral triplet: the slice is absent, not zero"
+    assert (negative["n"], neutral["n"], result["per_polarity"]["POSITIVE"]["n"]) == (1, 0, 3), "slice sizes"
     assert result["per_polarity"]["POSITIVE"]["f1"] == 1.0
 
 
