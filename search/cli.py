@@ -56,18 +56,21 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _slices_table(slices: dict[str, Any]) -> Table | None:
-    for name, per in slices.items():
-        if isinstance(per, dict) and per and all(isinstance(v, dict) for v in per.values()):
-            table = Table(title=name.replace("_", " "))
-            table.add_column("slice")
-            table.add_column("accuracy", justify="right")
-            table.add_column("n", justify="right")
-            for key, v in per.items():
-                acc = v.get("accuracy")
-                table.add_row(key, "absent" if acc is None else f"{acc:.4f}", str(v.get("n", "")))
-            return table
-    return None
+def _slices_table(attrs: dict[str, Any], metric: str) -> Table | None:
+    """The trial's (or run's) per-slice figures of ``metric`` as a table."""
+    from search.report import slice_attr, slices
+
+    found = slice_attr(attrs)
+    if found is None:
+        return None
+    name, per = found
+    table = Table(title=name.replace("_", " "))
+    table.add_column("slice")
+    table.add_column(metric, justify="right")
+    table.add_column("n", justify="right")
+    for key, value in slices(attrs, metric).items():
+        table.add_row(key, "absent" if value is None else f"{value:.4f}", str(per[key].get("n", "")))
+    return table
 
 
 @app.command()
@@ -257,7 +260,7 @@ def _print_status(study: Any, spec: Any, where: str, best: Any) -> None:
     for key, value in spec.params(best.params).items():
         params.add_row(key, _fmt(value), "tuned" if key in best.params else "")
     console.print(params)
-    slices = _slices_table({k: v for k, v in best.user_attrs.items() if k.startswith("per_")})
+    slices = _slices_table(best.user_attrs, spec.metric.name)
     if slices:
         console.print(slices)
 
@@ -374,7 +377,7 @@ def run(
     if record.get("target"):
         table.add_row("target", f"{record['target']['value']:.4f}")
     console.print(table)
-    slices = _slices_table({k: v for k, v in result.items() if k.startswith("per_")})
+    slices = _slices_table(result, metric)
     if slices:
         console.print(slices)
 

@@ -31,12 +31,19 @@ _DIGEST = "search:plot_digest:"
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def slices(attrs: dict[str, Any], metric: str) -> dict[str, float | None]:
-    """The first per-slice attribute of a trial as {slice: value} (None = absent slice)."""
+def slice_attr(attrs: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]] | None:
+    """The first per-slice attribute of a trial (``per_query_type``, ``per_genre``, ...) and its
+    {slice: {metric..., n}} mapping; None when the trial has none."""
     for key, per in attrs.items():
         if key.startswith("per_") and isinstance(per, dict) and per and all(isinstance(v, dict) for v in per.values()):
-            return {name: v.get(metric, v.get("accuracy")) for name, v in per.items()}
-    return {}
+            return key, per
+    return None
+
+
+def slices(attrs: dict[str, Any], metric: str) -> dict[str, float | None]:
+    """The first per-slice attribute of a trial as {slice: value} (None = absent slice)."""
+    found = slice_attr(attrs)
+    return {name: v.get(metric, v.get("accuracy")) for name, v in found[1].items()} if found else {}
 
 
 def seconds(trial: FrozenTrial) -> float:
