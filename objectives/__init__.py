@@ -2,7 +2,9 @@
 
 An objective module defines ``METRIC`` (the name of the value it returns), ``PARAMS`` (every
 parameter it takes, with its default), ``prepare(params)`` (load data and model, raising
-``SetupError``) and ``train(params, reporter) -> dict``. Optional: ``FOLDS`` (confirmation trains
+``SetupError``) and ``train(params, reporter) -> dict``. Per-slice figures go in the result
+and on the trial under keys ``per_<what>`` as ``{slice: {METRIC: value or None, "n": items}}``
+(None: the slice is absent from the split); the dashboard and confirmation read them. Optional: ``FOLDS`` (confirmation trains
 once per fold), ``EXTRA_METRICS`` (other figures it records on the trial, which a spec's
 ``references`` may name) and ``compute_baseline(params) -> dict`` (a baseline measured on the
 study's own data when the study is created). It knows nothing of storages or the CLI.
