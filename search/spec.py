@@ -172,8 +172,8 @@ class StudySpec(_Strict):
     space: dict[str, Param]
     sampler: Component = Component(type="TPESampler")
     pruner: Component = Component(type="MedianPruner")
-    known_configs: list[KnownConfig] = []
     resources: Resources | None = None  # absent: one GPU (or the CPU) per trial
+    known_configs: list[KnownConfig] = []
 
     def better(self, a: float, b: float) -> bool:
         """Is ``a`` strictly better than ``b`` in the metric's direction?"""

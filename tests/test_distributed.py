@@ -99,3 +99,18 @@ def test_the_note_shows_the_speedup_against_1_gpu_trials_of_the_same_configurati
     assert "| 4 | 0 / 1 | 180.0 | 60.0 | 3.00x | 75% |" in note
     assert scaling.note_lines(trials[:1]) == [], "no multi-GPU trial: no section"
     assert "no speed-up to show" in "\n".join(scaling.note_lines(trials[1:]))
+
+
+def test_a_spec_asks_for_gpus_per_trial_and_bad_values_are_one_line(tiny_model):
+    from search.spec import SpecError, validate
+
+    from conftest import spec_dict
+
+    plain = spec_dict("plain", tiny_model)
+    assert "resources" not in validate(plain, "x.yaml").as_dict(), "a spec without it records as before"
+    assert validate(plain, "x.yaml").gpus_per_trial == 1
+    assert validate({**plain, "resources": {"gpus_per_trial": 4}}, "x.yaml").gpus_per_trial == 4
+    with pytest.raises(SpecError, match=r"^x\.yaml: resources\.gpus_per_trial: Input should be greater than or equal to 1$"):
+        validate({**plain, "resources": {"gpus_per_trial": 0}}, "x.yaml")
+    with pytest.raises(SpecError, match=r"^x\.yaml: resources\.gpus: unknown key \(allowed: gpus_per_trial\)$"):
+        validate({**plain, "resources": {"gpus": 2}}, "x.yaml")
