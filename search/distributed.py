@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -90,12 +91,6 @@ def train_distributed(trial: optuna.Trial, spec: Any, params: dict[str, Any], *,
 
 
 def _outcome(folder: Path, code: int, nproc: int) -> dict[str, Any]:
-    outcome_file = folder / "outcome.json"
-    if code == 0 and outcome_file.is_file():
-        outcome = json.loads(outcome_file.read_text())
-        if outcome["state"] == PRUNED:
-            raise optuna.TrialPruned(outcome["reason"])
-        return outcome["result"]
     errors = sorted((json.loads(p.read_text()) for p in folder.glob("error-rank*.json")), key=lambda e: e["time"])
     if errors:
         first = errors[0]
@@ -105,8 +100,25 @@ def _outcome(folder: Path, code: int, nproc: int) -> dict[str, Any]:
 
             raise torch.OutOfMemoryError(message)
         raise TrialFailed(message)
-    tail = (folder / "stderr.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-    raise TrialFailed(f"torchrun exited with code {code} and no rank reported an error ({tail[0][:200]})")
+    # Rank 0 writes the outcome after the last collective of the trial: all ranks trained to the end.
+    outcome_file = folder / "outcome.json"
+    if outcome_file.is_file():
+        outcome = json.loads(outcome_file.read_text())
+        if outcome["state"] == PRUNED:
+            raise optuna.TrialPruned(outcome["reason"])
+        return outcome["result"]
+    raise TrialFailed(f"torchrun exited with code {code} and no rank reported an error "
+                      f"({_root_cause((folder / 'stderr.log').read_text(errors='replace'))})")
+
+
+def _root_cause(stderr: str) -> str:
+    """torchrun's "Root Cause" of a failure (rank and exit code or signal), else the last line."""
+    _, found, rest = stderr.partition("Root Cause")
+    fields = dict(re.findall(r"^\s*(rank|exitcode)\s*:\s*(.+?)\s*$", rest, flags=re.M)) if found else {}
+    if fields:
+        return ", ".join(f"{key} {value}" for key, value in fields.items())
+    lines = stderr.strip().splitlines()
+    return lines[-1][:200] if lines else "no output"
 
 
 # --- the ranks' side --------------------------------------------------------------------------
@@ -143,12 +155,18 @@ def _rank_main(job_path: str) -> None:
             outcome = {"state": PRUNED, "reason": str(e)}
         if rank == 0:
             (out / "outcome.json").write_text(json.dumps(outcome, default=_jsonable))
-        dist.destroy_process_group()
+        dist.barrier()  # no rank leaves while another still reports or writes the outcome
     except Exception as e:
         # Written before this rank exits: torchrun then stops the others; the worker reads the first error.
         (out / f"error-rank{rank}.json").write_text(json.dumps(
             {"rank": rank, "type": type(e).__name__, "message": str(e).strip()[:500], "time": time.time()}))
         raise
+    # A rank is a one-trial process. Tearing down gloo's threads (destroy_process_group, or the
+    # interpreter's exit) sometimes aborts the process ("terminate called without an active
+    # exception", SIGABRT) after the trial has finished: leave without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _jsonable(value: Any) -> Any:

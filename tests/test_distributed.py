@@ -44,7 +44,8 @@ def test_a_multi_gpu_trial_completes_prunes_and_fails_on_all_ranks_together(pg_s
     (epoch,) = complete.user_attrs["epochs"]
     assert epoch["seconds"] > 0 and epoch["value"] == complete.value == complete.intermediate_values[1]
 
-    assert pruned.state.name == "PRUNED" and pruned.user_attrs["end_reason"] == "pruned at epoch 2"
+    assert pruned.state.name == "PRUNED" and pruned.user_attrs["end_reason"] == "pruned at epoch 2", \
+        (pruned.state.name, pruned.user_attrs.get("end_reason"), result.stderr[-2000:])
     assert sorted(pruned.intermediate_values) == [1, 2]
 
     assert failing.state.name == "FAIL"
@@ -114,3 +115,27 @@ def test_a_spec_asks_for_gpus_per_trial_and_bad_values_are_one_line(tiny_model):
         validate({**plain, "resources": {"gpus_per_trial": 0}}, "x.yaml")
     with pytest.raises(SpecError, match=r"^x\.yaml: resources\.gpus: unknown key \(allowed: gpus_per_trial\)$"):
         validate({**plain, "resources": {"gpus": 2}}, "x.yaml")
+
+
+def test_a_rank_that_dies_without_an_error_is_named_with_its_signal():
+    from search.distributed import _root_cause
+
+    stderr = """torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+======================================================
+search.distributed FAILED
+------------------------------------------------------
+Failures:
+[1]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 8168)  (SIGTERM)
+------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-25_10:11:06
+  rank      : 1 (local_rank: 1)
+  exitcode  : -6 (pid: 8169)  (SIGABRT)
+  error_file: <N/A>
+======================================================
+"""
+    assert _root_cause(stderr) == "rank 1 (local_rank: 1), exitcode -6 (pid: 8169)  (SIGABRT)"
+    assert _root_cause("Killed\n") == "Killed" and _root_cause("") == "no output"
