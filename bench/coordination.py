@@ -259,8 +259,8 @@ def main() -> None:
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     base = {r["mode"]: r["trials_per_hour"] for r in rows if r["workers"] == 1}
-    print(f"\n| workers | ours: trials/h | scaling eff. | plain: trials/h | scaling eff. | time per trial, ours / plain "
-          f"| overhead per trial, ours / plain (s) |")
+    print("\n| workers | ours: trials/h | scaling eff. | plain: trials/h | scaling eff. | time per trial, ours / plain "
+          "| overhead per trial, ours / plain (s) |")
     print("|---|---|---|---|---|---|---|")
     by = {(r["mode"], r["workers"]): r for r in rows}
     for workers in sorted({r["workers"] for r in rows}):

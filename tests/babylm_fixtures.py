@@ -7,25 +7,18 @@ hidden size 32, so a trial of a dozen steps takes seconds on one CPU core.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-import pytest
 
+from conftest import shared_data
 from objectives import _blimp
 
 PAIRS_PER_PARADIGM = 3
 
 
 def real_data() -> Path:
-    raw = os.environ.get("SEARCH_DATA_DIR")
-    if not raw:
-        pytest.skip("SEARCH_DATA_DIR is not set: the BabyLM tests cut their tiny corpus from the real data")
-    root = Path(raw).resolve()
-    if not (root / "babylm" / "train.txt").is_file() or not (root / "blimp" / "data").is_dir():
-        pytest.skip(f"SEARCH_DATA_DIR={raw}: no babylm/train.txt or blimp/data there")
-    return root
+    return shared_data("babylm/train.txt", "blimp/data")
 
 
 def _head(source: Path, target: Path, n: int) -> None:

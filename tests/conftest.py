@@ -46,20 +46,46 @@ TEST_FIXED = {"max_length": 64, "warmup_steps": 0, "weight_decay": 0.0, "dropout
               "gradient_accumulation_steps": 1}
 
 
+# --- no user state ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_user_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tests running in this process (token cache, embedded store, launch state) write under a
+    temporary home, never the user's ~/.cache, ~/.local/share or ~/.local/state."""
+    home = tmp_path_factory.mktemp("xdg")
+    with pytest.MonkeyPatch.context() as patch:
+        for var, sub in (("XDG_CACHE_HOME", "cache"), ("XDG_DATA_HOME", "data"), ("XDG_STATE_HOME", "state")):
+            patch.setenv(var, str(home / sub))
+        yield home
+
+
 # --- data and model -------------------------------------------------------------------------
+
+
+def shared_data(*needed: str) -> Path:
+    """``$SEARCH_DATA_DIR`` as an absolute path (CI sets ../shared/data) when it holds every path in
+    ``needed``; otherwise the test is skipped, saying what is missing."""
+    raw = os.environ.get("SEARCH_DATA_DIR")
+    if not raw:
+        pytest.skip("SEARCH_DATA_DIR is not set: this test uses the real data (set it to ../shared/data)")
+    root = Path(raw).resolve()
+    missing = [path for path in needed if not (root / path).exists()]
+    if missing:
+        pytest.skip(f"SEARCH_DATA_DIR={raw}: no {', '.join(missing)} there")
+    return root
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """``$SEARCH_DATA_DIR`` as an absolute path (CI sets ../shared/data, relative to the repo)."""
-    raw = os.environ.get("SEARCH_DATA_DIR")
-    if not raw:
-        pytest.skip("SEARCH_DATA_DIR is not set: this test trains on the real Recipe-MPR data "
-                    "(set it to the folder holding recipe-mpr/, e.g. ../shared/data)")
-    path = Path(raw).resolve()
-    if not (path / "recipe-mpr" / "500QA.json").is_file():
-        pytest.skip(f"SEARCH_DATA_DIR={raw}: no recipe-mpr/500QA.json there")
-    return path
+    """The real data folder, holding the Recipe-MPR files."""
+    return shared_data("recipe-mpr/500QA.json")
+
+
+@pytest.fixture(scope="session")
+def aste_dir() -> Path:
+    """The real data folder, holding the D2E2S ASTE files."""
+    return shared_data("aste/d2e2s/14res/dev_dep_triple_polarity_result.json")
 
 
 @pytest.fixture(scope="session")
@@ -105,6 +131,7 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
         XDG_DATA_HOME=str(home / "data"),  # the embedded default store, never the user's
         XDG_CACHE_HOME=str(home / "cache"),
+        XDG_STATE_HOME=str(home / "state"),
         HF_HUB_OFFLINE="1",
         COLUMNS="200",  # rich tables on one line each, so the tests can read them
         NO_COLOR="1",

@@ -4,14 +4,13 @@ validation split, per-class accuracy and time per epoch on every trial, test onl
 from __future__ import annotations
 
 import collections
-import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, ok
+from conftest import REPO, ok, shared_data
 from objectives import Reporter, SetupError
 from search.spec import load_spec
 
@@ -21,10 +20,7 @@ CLASSES = ("World", "Sports", "Business", "Sci/Tech")
 
 @pytest.fixture(scope="module")
 def ag_dir() -> Path:
-    raw = os.environ.get("SEARCH_DATA_DIR")
-    if not raw or not (Path(raw) / "ag_news" / "test.csv").is_file():
-        pytest.skip("SEARCH_DATA_DIR does not hold ag_news/ (set it to ../shared/data)")
-    return Path(raw).resolve()
+    return shared_data("ag_news/test.csv")
 
 
 @pytest.fixture

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import optuna
 import pytest
@@ -24,14 +21,6 @@ SOURCE_COUNTS = {
 }
 # Triplets listed twice in one sentence (computed): scored once, as the published evaluator does.
 DUPLICATES = {("14lap", "dev"): 1, ("14lap", "test"): 2, ("14res", "train"): 1}
-
-
-@pytest.fixture(scope="session")
-def aste_dir() -> Path:
-    raw = os.environ.get("SEARCH_DATA_DIR")
-    if not raw or not (Path(raw) / "aste" / "d2e2s" / "14res" / "dev_dep_triple_polarity_result.json").is_file():
-        pytest.skip("SEARCH_DATA_DIR does not hold aste/d2e2s/ (e.g. ../shared/data)")
-    return Path(raw).resolve()
 
 
 @pytest.fixture

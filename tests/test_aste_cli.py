@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from conftest import REPO, Store, ok
-from test_aste import aste_dir  # noqa: F401 - the fixture: the real data, or skip
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import csv
 import json
-import os
 import re
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import yaml
 from optuna_dashboard import get_note
 
-from conftest import REPO, ok
+from conftest import REPO, ok, shared_data
 from objectives import Reporter, SetupError
 from search.spec import load_spec
 
@@ -25,10 +24,7 @@ FIVE = ["hip_hop", "country", "rnb", "rock", "pop"]
 
 @pytest.fixture(scope="module")
 def lyrics_dir() -> Path:
-    raw = os.environ.get("SEARCH_DATA_DIR")
-    if not raw or not (Path(raw) / "lyrics-genre" / "hip_hop.csv").is_file():
-        pytest.skip("SEARCH_DATA_DIR does not hold lyrics-genre/ (set it to ../shared/data)")
-    return Path(raw).resolve()
+    return shared_data("lyrics-genre/hip_hop.csv")
 
 
 @pytest.fixture
