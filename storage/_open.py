@@ -45,6 +45,15 @@ def mask_url(url: str) -> str:
         return url
 
 
+def with_driver(url: str) -> str:
+    """``postgresql://`` (and ``postgres://``) with the driver this package ships, psycopg2:
+    SQLAlchemy 2.1 would otherwise look for psycopg 3, which is not installed."""
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg2://" + url[len(bare):]
+    return url
+
+
 def _heartbeat_settings() -> tuple[int, int]:
     # Grace of several intervals: one slow write must not fail a live trial.
     interval = int(os.environ.get("SEARCH_HEARTBEAT_INTERVAL", "10"))
@@ -86,6 +95,7 @@ def _open(url: str) -> optuna.storages.BaseStorage:
             )
         except OSError as e:
             raise StorageError(f"storage {url}: cannot open journal file: {e.strerror or e}") from None
+    url = with_driver(url)
     engine_kwargs: dict = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 1800}
     if url.startswith("postgresql"):
         # Names this process's connections in pg_stat_activity (which worker holds what).

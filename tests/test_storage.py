@@ -52,6 +52,16 @@ def test_postgres_store_has_a_heartbeat(pg_url):
         storage.engine.dispose()
 
 
+def test_a_bare_postgresql_url_opens_with_the_shipped_driver(pg_url):
+    bare = "postgresql://" + pg_url.split("://", 1)[1]  # SQLAlchemy alone would look for psycopg 3
+    storage = open_storage(bare)
+    try:
+        assert storage.engine.dialect.driver == "psycopg2"
+        assert optuna.get_all_study_summaries(storage) is not None
+    finally:
+        storage.engine.dispose()
+
+
 @pytest.mark.parametrize(("url", "says"), [
     ("studies.sqlite", "not a storage URL"),
     ("postgresql+psycopg2://alice:s3cret-pw@127.0.0.1:1/test", "cannot connect"),
