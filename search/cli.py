@@ -16,7 +16,7 @@ from rich.table import Table
 from objectives import Reporter, SetupError, get_objective
 from search.spec import SpecError, available_specs, load_spec, spaces_dir
 from search.study import StudyNotFound
-from storage import StorageError, mask_url, resolve_url
+from storage import NoStore, StorageError, mask_url, resolve_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter search for transformer training, on Optuna.")
@@ -33,11 +33,12 @@ StorageOpt = typer.Option(None, "--storage", help="Storage URL (postgresql+psyco
                           "default $SEARCH_STORAGE, else the embedded store.", show_default=False)
 
 
-def _open(storage: str | None):
+def _open(storage: str | None, *, create: bool = True):
+    """The storage and its masked URL; ``create=False`` for commands that only read."""
     from storage import open_storage  # imported late: keeps `search --help` fast
 
     url = resolve_url(storage)
-    return open_storage(url), mask_url(url)
+    return open_storage(url, create=create), mask_url(url)
 
 
 def _parse_sets(values: list[str]) -> dict[str, Any]:
@@ -274,7 +275,7 @@ def status(
     from search.export import best_trial
     from search.study import load_study
 
-    opened, where = _open(storage)
+    opened, where = _open(storage, create=False)
     found, spec = load_study(study, opened, where)
     _print_status(found, spec, where, best_trial(found))
 
@@ -290,7 +291,7 @@ def export(
     from search.export import best_trial, export_top
     from search.study import load_study
 
-    opened, where = _open(storage)
+    opened, where = _open(storage, create=False)
     found, spec = load_study(study, opened, where)
     if best_trial(found) is None:
         raise StudyNotFound(f"study {study!r} has no completed trial yet: nothing to export")
@@ -402,7 +403,12 @@ def studies(storage: Optional[str] = StorageOpt) -> None:
         except (SpecError, SetupError) as e:
             specs.add_row(name, f"[red]invalid: {e}", "", "", "", "")
     console.print(specs)
-    opened, where = _open(storage)
+    where = mask_url(resolve_url(storage))
+    try:
+        opened, _ = _open(storage, create=False)
+    except NoStore:
+        console.print(f"no studies in {where} yet: `search worker --study SPEC` creates the first")
+        return
     table = Table(title=f"studies in {where}")
     for col in ("study", "trials", "complete", "best", "target", "created"):
         table.add_column(col, justify="left" if col == "study" else "right")
@@ -494,7 +500,7 @@ def dashboard(
     """Serve optuna-dashboard on the storage the workers use."""
     from optuna_dashboard import run_server
 
-    opened, where = _open(storage)
+    opened, where = _open(storage, create=False)
     console.print(f"optuna-dashboard for {where} on http://{host}:{port}/ (Ctrl-C stops it)")
     try:
         run_server(opened, host=host, port=port)

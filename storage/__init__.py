@@ -9,6 +9,6 @@ period and re-queued with the same parameters (``RetryHeartbeatStaleTrialCallbac
 """
 
 from storage._lock import study_lock
-from storage._open import DEFAULT_ENV, StorageError, default_url, mask_url, open_storage, resolve_url
+from storage._open import DEFAULT_ENV, NoStore, StorageError, default_url, mask_url, open_storage, resolve_url
 
-__all__ = ["DEFAULT_ENV", "StorageError", "default_url", "mask_url", "open_storage", "resolve_url", "study_lock"]
+__all__ = ["DEFAULT_ENV", "NoStore", "StorageError", "default_url", "mask_url", "open_storage", "resolve_url", "study_lock"]

@@ -20,6 +20,10 @@ class StorageError(Exception):
     """A storage URL that cannot be opened; the message never holds a password."""
 
 
+class NoStore(StorageError):
+    """A journal file that does not exist, opened by a command that only reads."""
+
+
 def default_url() -> str:
     """The embedded store: one journal file per user, shared by every local worker."""
     data_home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
@@ -69,9 +73,13 @@ def _journal_path(url: str) -> Path | None:
     return None
 
 
-def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
-    """Open (and for a journal file, create) the storage; raises StorageError in one line."""
+def open_storage(url: str | None = None, *, create: bool = True) -> optuna.storages.BaseStorage:
+    """Open the storage; raises StorageError in one line. A journal file that does not exist is
+    created, unless ``create`` is False (commands that only read): then it is a StorageError."""
     url = resolve_url(url)
+    path = _journal_path(url)
+    if not create and path is not None and path.suffix in JOURNAL_SUFFIXES and not path.exists():
+        raise NoStore(f"storage {url}: no such journal file (the first `search worker` on it creates it)")
     with warnings.catch_warnings():
         # The heartbeat and its retry callback are marked experimental; they are what we want.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -110,6 +110,23 @@ def test_export_then_run_reproduces_config_and_metric(pruned_study, cli, tmp_pat
     assert epochs == [round(best.intermediate_values[e], 4) for e in sorted(best.intermediate_values)]
 
 
+def test_studies_lists_the_specs_and_the_stored_studies(pruned_study, cli, tmp_path):
+    store, name = pruned_study.store, pruned_study.name
+    best = max(t.value for t in store.trials(name) if t.state.name == "COMPLETE")
+    out = ok(cli("studies", "--storage", store.url)).stdout
+    for spec in ("recipe-mpr", "lyrics-genre", "ag-news", "aste-14res", "babylm"):
+        assert re.search(rf"^│ {spec}\s*│", out, flags=re.M), f"spec {spec} not listed:\n{out}"
+    assert re.search(rf"│ recipe-mpr\s*│ recipe_mpr\s*│ accuracy \(maximize\)\s*│ 0\.75\s*│ 0\.694\s*│", out), out
+    assert re.search(rf"│ {name}\s*│\s*2\s*│\s*1\s*│\s*{best:.4f}\s*│\s*0\.75\s*│", out), out
+
+    # Nothing run yet on this machine: the specs, a hint, and no store created by looking.
+    fresh = ok(cli("studies", env={"XDG_DATA_HOME": str(tmp_path / "fresh")})).stdout
+    assert "recipe-mpr" in fresh and "no studies in" in fresh and "yet" in fresh
+    missing = cli("status", "--study", name, "--storage", str(tmp_path / "typo.journal"))
+    assert missing.returncode == 2 and "no such journal file" in missing.stderr
+    assert not (tmp_path / "fresh").exists() and not (tmp_path / "typo.journal").exists()
+
+
 def test_a_killed_workers_trial_is_rerun(store, write_spec, start_cli):
     name = store.name("kill")
     spec = write_spec(name, known=[known("long", 1e-3, 4)],
