@@ -449,8 +449,9 @@ def confirm(
     prepare(spec)
     runs = plan(found, spec, top=top, seeds=seeds)
     confirm_study = open_confirm_study(found, spec, opened, runs)
-    console.print(f"confirming {len({r['source_trial'] for r in runs})} configurations of {study} x {seeds} seeds: "
-                  f"{len(runs)} runs in {confirm_study.study_name} on {where}")
+    configs = len({r["source_trial"] for r in runs})
+    console.print(f"confirming {configs} configuration{'s' * (configs != 1)} of {study} x {seeds} "
+                  f"seed{'s' * (seeds != 1)}: {len(runs)} runs in {confirm_study.study_name} on {where}")
 
     def on_run(number: int, source: int, seed: int, fold: Any, value: float) -> None:
         fold_text = f" fold {fold}" if fold is not None else ""
