@@ -104,7 +104,8 @@ def test_bad_storage_url_is_one_line_without_password(populated, cli_env, tmp_pa
     status = ["status", "--study", store.name("prune")]
     if store.kind == "journal":
         (tmp_path / "a-file").write_text("")
-        cases = [(status, str(tmp_path / "a-file" / "studies.journal"), "cannot open journal file"),
+        cases = [(worker, str(tmp_path / "a-file" / "studies.journal"), "cannot open journal file"),
+                 (status, str(tmp_path / "typo.journal"), "no such journal file"),
                  (status, str(tmp_path / "studies.sqlite"), "not a storage URL")]
     else:
         user, host = re.match(r"[^:]+://([^:@/]+)(?::[^@]*)?@([^/]+)/", store.url).groups()
@@ -122,7 +123,7 @@ def test_bad_storage_url_is_one_line_without_password(populated, cli_env, tmp_pa
         if store.kind == "postgresql":
             assert f"{user}:***@" in lines[0], lines[0]
     assert store.snapshot() == before
-    assert not (tmp_path / "studies.sqlite").exists()
+    assert not (tmp_path / "studies.sqlite").exists() and not (tmp_path / "typo.journal").exists()
 
 
 @pytest.mark.parametrize(("config", "env", "says"), [
