@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -34,4 +35,6 @@ if __name__ == "__main__":
     logits = predict(model(model_dir), validation_loader(model_dir), None)
     if dist.get_rank() == 0:
         torch.save({"logits": logits, "world_size": dist.get_world_size()}, out)
-    dist.destroy_process_group()
+    # As search/distributed.py's ranks leave: together, without gloo's teardown (which can abort).
+    dist.barrier()
+    os._exit(0)
