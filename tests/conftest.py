@@ -28,6 +28,8 @@ import optuna
 import pytest
 import yaml
 
+from objectives import Reporter
+
 REPO = Path(__file__).resolve().parent.parent
 PG_CANDIDATES = (
     "postgresql+psycopg2://postgres@127.0.0.1:5432/test",
@@ -209,6 +211,25 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def trials_started(stdout: str) -> list[int]:
     """The trial numbers a worker says it started (``trial N starts: ...``)."""
     return [int(n) for n in re.findall(r"^trial (\d+) starts", stdout, flags=re.M)]
+
+
+class Recording(Reporter):
+    """A reporter that keeps what the objective tells it, and asks it to stop once an epoch
+    ``prune_at`` or later has been reported."""
+
+    def __init__(self, prune_at: int | None = None) -> None:
+        self.reports: list[tuple[int, float]] = []
+        self.attrs: dict[str, Any] = {}
+        self.prune_at = prune_at
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((step, value))
+
+    def should_prune(self) -> bool:
+        return self.prune_at is not None and self.reports[-1][0] >= self.prune_at
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.attrs[key] = value
 
 
 # --- study specs ----------------------------------------------------------------------------

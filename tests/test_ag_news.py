@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, ok, shared_data
-from objectives import Reporter, SetupError
+from conftest import REPO, Recording, ok, shared_data
+from objectives import SetupError
 from search.spec import load_spec
 
 SHIPPED = REPO / "spaces" / "ag-news.yaml"
@@ -94,17 +94,6 @@ def test_without_data_dir_and_hub_the_error_is_one_line(ag, monkeypatch):
 # --- training on the tiny model -------------------------------------------------------------------
 
 
-class Recording(Reporter):
-    def __init__(self) -> None:
-        self.reports, self.attrs = [], {}
-
-    def report(self, value, step):
-        self.reports.append((step, value))
-
-    def set_user_attr(self, key, value):
-        self.attrs[key] = value
-
-
 def test_a_trial_records_per_class_accuracy_and_seconds_per_epoch(ag, tiny_model):
     params = {**ag.PARAMS, "model_name_or_path": str(tiny_model), "max_seq_len": 64, "num_train_epochs": 2,
               "learning_rate": 3e-3, "max_train_samples": 400, "max_eval_samples": 200}
@@ -141,15 +130,6 @@ def test_shipped_spec_targets_the_seed_and_draws_the_published_figure():
 
 
 # --- the CLI -------------------------------------------------------------------------------------
-
-
-def test_missing_data_is_one_line_exit_2_and_nothing_stored(cli, tmp_path):
-    journal = tmp_path / "studies.journal"
-    result = cli("worker", "--study", str(SHIPPED), "--storage", str(journal), "--n-trials", "1",
-                 "--set", "model_name_or_path=minilm", env={"SEARCH_DATA_DIR": str(tmp_path / "empty")})
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert "ag_news data not found" in result.stderr and "test.csv" in result.stderr and "SEARCH_DATA_DIR" in result.stderr
-    assert not journal.exists()
 
 
 @pytest.mark.realdata

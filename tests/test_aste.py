@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
-from objectives import Reporter, SetupError
+from conftest import REPO, Recording
+from objectives import SetupError
 
 # SOURCE.md: sentences / triplets per split as shipped (a triplet listed twice counts twice there).
 SOURCE_COUNTS = {
@@ -47,20 +47,6 @@ def batch_of(aste, tiny_model, n=8, sampling=None, split="dev"):
 
 def sampling(aste, **changes):
     return aste.Sampling.from_params({**aste.PARAMS, **changes})
-
-
-class Recording(Reporter):
-    def __init__(self, prune_at=None):
-        self.reports, self.attrs, self.prune_at = [], {}, prune_at
-
-    def report(self, value, step):
-        self.reports.append((step, value))
-
-    def should_prune(self):
-        return self.prune_at is not None and self.reports[-1][0] >= self.prune_at
-
-    def set_user_attr(self, key, value):
-        self.attrs[key] = value
 
 
 # --- data -----------------------------------------------------------------------------------------

@@ -61,7 +61,6 @@ def test_a_worker_runs_an_aste_trial_and_stores_f1_per_epoch(aste_spec, cli, tmp
 
 
 @pytest.mark.parametrize(("sets", "env", "says"), [
-    ([], {"SEARCH_DATA_DIR": "empty"}, ("aste data not found", "SEARCH_DATA_DIR", "14res")),
     (["--set", "attention_heads=3"], {}, ("attention_heads (3) must divide the encoder's hidden size (32)",)),
 ])  # other bad parameters raise the same SetupError: test_aste.py checks them in-process
 def test_bad_input_is_one_line_exit_2_and_stores_nothing(aste_spec, cli, tmp_path, sets, env, says):

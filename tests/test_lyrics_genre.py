@@ -14,8 +14,8 @@ import pytest
 import yaml
 from optuna_dashboard import get_note
 
-from conftest import REPO, ok, shared_data
-from objectives import Reporter, SetupError
+from conftest import REPO, Recording, ok, shared_data
+from objectives import SetupError
 from search.spec import load_spec
 
 SHIPPED = REPO / "spaces" / "lyrics-genre.yaml"
@@ -141,17 +141,6 @@ def test_genres_are_configurable_and_checked(lyrics):
 # --- training on the tiny model ---------------------------------------------------------------
 
 
-class Recording(Reporter):
-    def __init__(self) -> None:
-        self.reports, self.attrs = [], {}
-
-    def report(self, value, step):
-        self.reports.append((step, value))
-
-    def set_user_attr(self, key, value):
-        self.attrs[key] = value
-
-
 def test_a_trial_records_accuracy_macro_f1_per_genre_and_the_confusion_matrix(lyrics, tiny_model):
     params = {**lyrics.PARAMS, "model_name_or_path": str(tiny_model), "max_length": 32, "samples_per_genre": 40,
               "num_train_epochs": 2, "learning_rate": 3e-3, "max_eval_samples": 120}
@@ -265,16 +254,6 @@ def test_worker_stores_the_computed_baseline_once_and_status_export_confirm_show
     n_test = len(lyrics.labelled(load_spec(str(path)).params({})).splits["test"])
     assert figures["n_items"] == n_test and set(figures["slices"]) == set(stored["slices"])
     assert f"test accuracy over {n_test} items" in confirm.stdout
-
-
-def test_missing_data_is_one_line_exit_2_and_nothing_stored(cli, tmp_path):
-    journal = tmp_path / "studies.journal"
-    result = cli("worker", "--study", str(SHIPPED), "--storage", str(journal), "--n-trials", "1",
-                 "--set", "model_name_or_path=minilm", env={"SEARCH_DATA_DIR": str(tmp_path / "empty")})
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    assert "lyrics-genre data not found" in result.stderr and "SEARCH_DATA_DIR" in result.stderr
-    assert not journal.exists()
 
 
 def test_an_unknown_genre_is_one_line_exit_2(cli, tmp_path, lyrics_dir):

@@ -8,7 +8,8 @@ import json
 import optuna
 import pytest
 
-from objectives import Reporter, SetupError
+from conftest import Recording
+from objectives import SetupError
 
 
 @pytest.fixture
@@ -117,24 +118,6 @@ def test_accuracy_by_type_counts_each_type_of_an_item_and_reports_absent_types(r
 
 
 # --- training ---------------------------------------------------------------------------------
-
-
-class Recording(Reporter):
-    """A reporter that keeps what the objective tells it and can ask it to stop."""
-
-    def __init__(self, prune_at: int | None = None) -> None:
-        self.reports: list[tuple[int, float]] = []
-        self.attrs: dict = {}
-        self.prune_at = prune_at
-
-    def report(self, value, step):
-        self.reports.append((step, value))
-
-    def should_prune(self):
-        return self.prune_at is not None and self.reports[-1][0] >= self.prune_at
-
-    def set_user_attr(self, key, value):
-        self.attrs[key] = value
 
 
 def tiny_params(recipe, tiny_model, **changes):

@@ -141,3 +141,29 @@ def test_run_with_a_bad_config_or_no_data_is_one_line(config, env, says, cli, tm
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+# Every shipped spec, run where its data is not: what the one line names.
+MISSING_DATA = {
+    "recipe-mpr": ("recipe-mpr data not found", "500QA.json"),
+    "lyrics-genre": ("lyrics-genre data not found",),
+    "ag-news": ("ag_news data not found", "test.csv"),
+    "aste-14res": ("aste data not found", "14res"),
+    "babylm": ("babylm train text not found", "train.txt"),
+}
+
+
+@pytest.mark.parametrize("spec", list(MISSING_DATA))
+def test_every_shipped_spec_without_its_data_is_one_line_and_stores_nothing(spec, cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    journal = tmp_path / "studies.journal"
+    backbone = [] if spec == "babylm" else ["--set", "model_name_or_path=minilm"]  # babylm trains its own
+    result = cli("worker", "--study", spec, "--storage", str(journal), "--n-trials", "1", *backbone,
+                 env={"SEARCH_DATA_DIR": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for words in (*MISSING_DATA[spec], "SEARCH_DATA_DIR"):
+        assert words in lines[0], lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not journal.exists(), "nothing stored: the journal file was never created"

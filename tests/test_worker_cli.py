@@ -116,7 +116,7 @@ def test_studies_lists_the_specs_and_the_stored_studies(pruned_study, cli, tmp_p
     out = ok(cli("studies", "--storage", store.url)).stdout
     for spec in ("recipe-mpr", "lyrics-genre", "ag-news", "aste-14res", "babylm"):
         assert re.search(rf"^│ {spec}\s*│", out, flags=re.M), f"spec {spec} not listed:\n{out}"
-    assert re.search(rf"│ recipe-mpr\s*│ recipe_mpr\s*│ accuracy \(maximize\)\s*│ 0\.75\s*│ 0\.694\s*│", out), out
+    assert re.search(r"│ recipe-mpr\s*│ recipe_mpr\s*│ accuracy \(maximize\)\s*│ 0\.75\s*│ 0\.694\s*│", out), out
     assert re.search(rf"│ {name}\s*│\s*2\s*│\s*1\s*│\s*{best:.4f}\s*│\s*0\.75\s*│", out), out
 
     # Nothing run yet on this machine: the specs, a hint, and no store created by looking.
