@@ -91,7 +91,7 @@ def worker(
     """Run trials of a study; creates the study from its spec on first use."""
     from search.display import WorkerDisplay
     from search.export import best_trial, state_counts
-    from search.shutdown import Shutdown
+    from search.shutdown import LAUNCHER_ENV, Shutdown
     from search.study import build_study, with_study_baseline
     from search.worker import MAX_CONSECUTIVE_FAILURES, prepare, run_trials
 
@@ -100,6 +100,8 @@ def worker(
     if budget == "study" and n_trials is None:
         raise CommandError("--budget study needs --n-trials N (the number of finished trials the study should hold)")
     shutdown = Shutdown().install()  # Ctrl-C / SIGTERM: the running trial fails and is re-queued at once
+    if os.environ.get(LAUNCHER_ENV):  # started by `search launch`: stop when it dies
+        shutdown.stop_with_parent(int(os.environ.pop(LAUNCHER_ENV)))
     spec = load_spec(study, _parse_sets(set_))
     prepare(spec)
     opened, where = _open(storage)

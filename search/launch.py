@@ -11,6 +11,8 @@ the pid, the running trial, its epoch and last value, and the restarts.
 - Ctrl-C or SIGTERM: every worker gets SIGTERM once; each fails its running trial and re-queues
   it at once (``search/shutdown.py``), then exits. A worker still alive after ``stop_timeout``
   seconds is killed (its trial is then re-queued by the heartbeat). No trial is left RUNNING.
+- The launcher itself killed (SIGKILL, OOM killer): on Linux each worker gets SIGHUP from the
+  kernel and stops the same clean way (``Shutdown.stop_with_parent``).
 - The storage URL reaches the workers through ``$SEARCH_STORAGE``, never their command line
   (where ``ps`` would show its password).
 """
@@ -32,6 +34,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from search.shutdown import LAUNCHER_ENV
 
 USER_ERROR, INTERRUPTED = 2, 130
 MAX_BACKOFF = 60.0
@@ -131,7 +135,8 @@ class Launcher:
     # -- processes --
 
     def _start(self, w: Worker) -> None:
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": w.devices, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": w.devices, "PYTHONUNBUFFERED": "1", "COLUMNS": "200",
+               LAUNCHER_ENV: str(os.getpid())}  # the worker stops cleanly if this process dies
         if self.storage_url:
             env["SEARCH_STORAGE"] = self.storage_url
         log = open(w.log_path, "a")

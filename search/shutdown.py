@@ -6,17 +6,22 @@ so the re-run carries ``failed_trial`` and shares its checkpoint folder): nobody
 heartbeat's grace period. Between trials the worker finishes what it is doing (a note being
 written) and starts no new trial. A second signal while stopping is ignored, so the clean-up
 itself is not cut short; SIGKILL still works, and then the heartbeat re-queues the trial.
+A worker of ``search launch`` also stops cleanly when the launcher dies, SIGKILL included.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+LAUNCHER_ENV = "SEARCH_LAUNCHER_PID"  # set by `search launch` for its workers: the launcher's pid
 STOPPED_REASON = "stopped: the worker was stopped (Ctrl-C or SIGTERM); re-queued with the same parameters"
 
 
@@ -42,6 +47,26 @@ class Shutdown:
             self.study.stop()  # between trials, inside optimize: start no new one
         except RuntimeError:  # not inside optimize (preparing, waiting for a budget slot)
             raise KeyboardInterrupt from None
+
+    def stop_with_parent(self, parent_pid: int) -> None:
+        """Stop cleanly when the process that started this one dies, even by SIGKILL (``search
+        launch``'s workers): Linux sends SIGHUP then (``PR_SET_PDEATHSIG``), and the handler
+        points stdout and stderr, the dead parent's pipes, at /dev/null before stopping as for
+        SIGTERM. Elsewhere nothing happens: the heartbeat re-queues the trial later."""
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):  # not Linux
+            return
+        signal.signal(signal.SIGHUP, self._on_parent_death)
+        prctl(1, signal.SIGHUP)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent_pid:  # it died before the line above
+            self._on_parent_death(signal.SIGHUP, None)
+
+    def _on_parent_death(self, signum: int, frame: Any) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            os.dup2(devnull, stream.fileno())
+        self._on_signal(signum, frame)
 
     def check(self) -> None:
         """At the start of a trial: a stop that came while it was being asked ends it now."""

@@ -71,6 +71,36 @@ def test_launch_restarts_a_dead_worker_and_stops_every_worker_cleanly(pg_store, 
         assert requeued.state.name == "WAITING" and requeued.params == trial.params
 
 
+def test_killing_the_launcher_stops_its_workers_cleanly(pg_store, write_spec, start_cli, tmp_path):
+    name = pg_store.name("orphans")
+    spec = write_spec(name, known=[known(f"k{i}", 1e-3, 8) for i in range(2)], pruner=LONG,
+                      edit=lambda s: s["space"]["num_train_epochs"].update(high=8))
+    # A long grace period: only the workers' own clean stop can end their trials within the test.
+    launch = start_cli("launch", "--study", str(spec), "--storage", pg_store.url, "--gpus", "none", "--per-gpu", "1",
+                       "--log-dir", str(tmp_path / "logs"), env={"SEARCH_GRACE_PERIOD": "900"})
+    ((worker_pid, trial),) = wait_for(lambda: busy(pg_store, name) or None, what="a busy worker",
+                                      proc=launch).items()
+
+    launch.kill()  # SIGKILL: the launcher cleans up nothing
+    deadline = time.monotonic() + 60
+    while _alive(worker_pid):
+        assert time.monotonic() < deadline, "the orphaned worker went on training"
+        time.sleep(0.2)
+    (stopped,) = [t for t in pg_store.trials(name) if t.number == trial.number]
+    assert stopped.state.name == "FAIL" and stopped.user_attrs["end_reason"] == STOPPED_REASON
+    (requeued,) = [t for t in pg_store.trials(name) if t.system_attrs.get("failed_trial") == trial.number]
+    assert requeued.state.name == "WAITING" and requeued.params == trial.params
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited; its parent (gone) cannot reap it
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def test_launch_gives_up_on_a_worker_that_keeps_dying(pg_store, write_spec, cli, tmp_path):
     name = pg_store.name("giveup")
     spec = write_spec(name, known=[known(f"k{i}", 1e-3, 1) for i in range(3)])
