@@ -24,9 +24,8 @@ def ag_dir() -> Path:
 
 
 @pytest.fixture
-def ag(ag_dir, monkeypatch, tmp_path_factory):
+def ag(ag_dir, monkeypatch):
     monkeypatch.setenv("SEARCH_DATA_DIR", str(ag_dir))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "ag-cache"))
     from objectives import ag_news
 
     return ag_news

@@ -36,9 +36,8 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def babylm(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("SEARCH_DATA_DIR", str(tiny_data))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path.parent / "babylm-cache"))  # one tokenizer for the module
+def babylm(tiny_data: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SEARCH_DATA_DIR", str(tiny_data))  # the session's cache: one tokenizer for the module
     from objectives import babylm
 
     return babylm

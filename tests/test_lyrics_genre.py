@@ -28,9 +28,8 @@ def lyrics_dir() -> Path:
 
 
 @pytest.fixture
-def lyrics(lyrics_dir, monkeypatch, tmp_path_factory):
+def lyrics(lyrics_dir, monkeypatch):
     monkeypatch.setenv("SEARCH_DATA_DIR", str(lyrics_dir))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "lyrics-cache"))
     from objectives import lyrics_genre
 
     return lyrics_genre
