@@ -58,7 +58,7 @@ def measure(config: str, *, model: str, steps: int, batch_size: int, threads: in
 
     torch.set_num_threads(threads)
     from objectives import aste
-    from objectives._engine import _to, device
+    from objectives.engine.loop import _to, device
 
     dev = device()
     span = 8 if config == "d2e2s-span8" else 6

@@ -1,11 +1,11 @@
 """BLiMP pseudo-log-likelihood throughput: the batched scorer against the plain loops.
 
 Three ways to score the same minimal pairs with the same LTG-BERT, in the same run:
-- ``loop``: one masked copy per forward pass, the model's full logits (``_blimp.pll_one_by_one``);
+- ``loop``: one masked copy per forward pass, the model's full logits (``blimp.pll_one_by_one``);
 - ``per pair``: the published evaluation's way (ltg-bert ``evaluation/blimp/blimp.py``): one
   forward pass per pair holding every masked copy of both sentences, padded to the longer one,
   full logits;
-- ``batched``: ours (``_blimp.pll_scores``): every masked copy of every sentence of one length in
+- ``batched``: ours (``blimp.pll_scores``): every masked copy of every sentence of one length in
   passes of ``--tokens-per-batch`` tokens, no padding, the head only at the masked position.
 Each side runs ``--repeats`` times, alternating; the best pairs/second counts. The scores of the
 three must agree (the largest difference is printed) and the pair decisions must be the same.
@@ -28,8 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from objectives import _blimp, _mlm
-from objectives._ltg_bert import LtgBertConfig, LtgBertForMaskedLM
+from objectives.babylm import blimp
+from objectives.babylm import mlm
+from objectives.babylm.ltg_bert import LtgBertConfig, LtgBertForMaskedLM
 
 
 @torch.no_grad()
@@ -41,15 +42,15 @@ def per_pair(model: torch.nn.Module, pairs_ids: list[tuple[list[int], list[int]]
         width = max(len(good), len(bad)) + 2
         rows, positions, targets = [], [], []
         for sentence in (good, bad):
-            ids = [_mlm.CLS, *sentence, _mlm.SEP] + [_mlm.PAD] * (width - len(sentence) - 2)
+            ids = [mlm.CLS, *sentence, mlm.SEP] + [mlm.PAD] * (width - len(sentence) - 2)
             for p in range(1, len(sentence) + 1):
                 row = list(ids)
-                row[p] = _mlm.MASK
+                row[p] = mlm.MASK
                 rows.append(row)
                 positions.append(p)
                 targets.append(ids[p])
         input_ids = torch.tensor(rows, device=dev)
-        logits = model(input_ids=input_ids, attention_mask=(input_ids != _mlm.PAD).long()).logits
+        logits = model(input_ids=input_ids, attention_mask=(input_ids != mlm.PAD).long()).logits
         picked = logits[torch.arange(len(rows), device=dev), torch.tensor(positions, device=dev)]
         log_p = F.log_softmax(picked.float(), -1)[torch.arange(len(rows), device=dev), torch.tensor(targets, device=dev)]
         out.append([log_p[: len(good)].sum().item(), log_p[len(good):].sum().item()])
@@ -69,21 +70,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
 
-    files = _mlm.corpus_files("train.txt", role="train")
-    tokenizer = _mlm.load_tokenizer(files, args.vocab_size, 10)
-    pairs = _blimp.stratified_subset(_blimp.load_pairs(_blimp.blimp_folder()), args.pairs_per_paradigm, 0)
+    files = mlm.corpus_files("train.txt", role="train")
+    tokenizer = mlm.load_tokenizer(files, args.vocab_size, 10)
+    pairs = blimp.stratified_subset(blimp.load_pairs(blimp.blimp_folder()), args.pairs_per_paradigm, 0)
     encode = [e.ids for e in tokenizer.encode_batch([p.good for p in pairs] + [p.bad for p in pairs],
                                                      add_special_tokens=False)]
     good_ids, bad_ids = encode[: len(pairs)], encode[len(pairs):]
     torch.manual_seed(0)
     model = LtgBertForMaskedLM(LtgBertConfig.from_preset(args.model_size, vocab_size=tokenizer.get_vocab_size()))
     model.to(dev).eval()
-    ids = {"cls_id": _mlm.CLS, "sep_id": _mlm.SEP, "mask_id": _mlm.MASK}
+    ids = {"cls_id": mlm.CLS, "sep_id": mlm.SEP, "mask_id": mlm.MASK}
 
     sides = {
-        "loop (one mask per forward)": lambda: _blimp.pll_one_by_one(model, good_ids + bad_ids, **ids),
+        "loop (one mask per forward)": lambda: blimp.pll_one_by_one(model, good_ids + bad_ids, **ids),
         "per pair (published eval)": lambda: per_pair(model, list(zip(good_ids, bad_ids))).T.reshape(-1),
-        "batched (ours)": lambda: _blimp.pll_scores(model, good_ids + bad_ids, tokens_per_batch=args.tokens_per_batch,
+        "batched (ours)": lambda: blimp.pll_scores(model, good_ids + bad_ids, tokens_per_batch=args.tokens_per_batch,
                                                     **ids),
     }
     load = os.getloadavg()[0]

@@ -5,7 +5,7 @@ runs trials of a fixed simulated training time: ``--epochs`` sleeps of ``trial_s
 each, and after each epoch what the engine writes (the per-slice and per-epoch user
 attributes), a report and a pruning check. Two workloads in the same run, on the same storage:
 
-- ours: the path ``search worker --n-trials N --budget study`` takes (``search.worker.run_trials``:
+- ours: the path ``search worker --n-trials N --budget study`` takes (``search.running.worker.run_trials``:
   study built from the spec, admission under the study-wide budget, heartbeat, the reporter,
   OOM wrapper, worker attribute, and after each trial the trial note and the study's note and
   plots under the study lock). Only the objective's training is the simulated one: the bench
@@ -50,7 +50,7 @@ time.tzset()
 import optuna  # noqa: E402
 import yaml  # noqa: E402
 
-import search.worker  # noqa: E402
+import search.running.worker  # noqa: E402
 from search.spec import validate  # noqa: E402
 from search.study import build_study, with_study_baseline  # noqa: E402
 from storage import open_storage  # noqa: E402
@@ -120,8 +120,8 @@ class Timings:
         setattr(owner, attr, timed)
 
     def wrap_callback_factory(self) -> None:
-        """Time every call of the callback ``search.worker.dashboard_callback`` returns."""
-        factory = search.worker.dashboard_callback
+        """Time every call of the callback ``search.running.worker.dashboard_callback`` returns."""
+        factory = search.running.worker.dashboard_callback
 
         def timed_factory(*args: Any, **kwargs: Any) -> Any:
             callback = factory(*args, **kwargs)
@@ -135,7 +135,7 @@ class Timings:
 
             return timed
 
-        search.worker.dashboard_callback = timed_factory
+        search.running.worker.dashboard_callback = timed_factory
 
 
 def _time_optuna(timings: Timings) -> None:
@@ -152,15 +152,15 @@ def our_worker(url: str, name: str, spec_data: dict[str, Any], budget: int, tria
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     timings = Timings()
     _time_optuna(timings)
-    timings.wrap(search.worker.StudyBudget, "admit", "admit")
+    timings.wrap(search.running.worker.StudyBudget, "admit", "admit")
     timings.wrap_callback_factory()
-    search.worker.get_objective = lambda _name: simulated_objective(trial_seconds, epochs)
+    search.running.worker.get_objective = lambda _name: simulated_objective(trial_seconds, epochs)
     storage = open_storage(url)
     spec = validate(spec_data, "bench spec")
     barrier.wait()
     start = time.time()
     study, _ = build_study(spec, storage, name=name)
-    search.worker.run_trials(study, with_study_baseline(spec, study), storage, study_budget=budget)
+    search.running.worker.run_trials(study, with_study_baseline(spec, study), storage, study_budget=budget)
     results.put({"end": time.time(), "start": start, "samples": dict(timings.samples)})
 
 

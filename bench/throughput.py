@@ -8,7 +8,7 @@ in the same process, one after the other:
 - reference: ``transformers.Trainer`` configured as the seed scripts do it: every (query,
   option) pair padded to ``max_length`` (``--max-length``, 256 as in the seed; 128 is the other
   common choice), fp32, ``default_data_collator``; no evaluation, saving or reporting;
-- ours: ``objectives._engine.fit`` with ``objectives.recipe_mpr.collate`` (dynamic padding to the
+- ours: ``objectives.engine.loop.fit`` with ``objectives.recipe_mpr.collate`` (dynamic padding to the
   batch's longest pair) and the objective's ``mixed_precision`` setting (``auto``: fp32 on CPU,
   bf16/fp16 on GPU; ``--ours-precision`` changes it). Its per-epoch evaluation is given a no-op
   (the Trainer side evaluates nothing either).
@@ -55,10 +55,10 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from transformers import AutoModelForMultipleChoice  # noqa: E402
 
-import objectives._engine as engine  # noqa: E402
+import objectives.engine.loop as engine  # noqa: E402
 import objectives.recipe_mpr as recipe  # noqa: E402
 from objectives._models import load_model, load_tokenizer, resolve_model  # noqa: E402
-from objectives._reporting import Reporter  # noqa: E402
+from objectives.contract import Reporter  # noqa: E402
 
 TARGET_RATIO = 1.3
 # Shared training settings (the seed baseline's), identical on both sides.
@@ -168,7 +168,7 @@ def run_reference(args: argparse.Namespace, dev: str, indices: list[int]) -> dic
             "non_embedding_params": non_embedding_params(model)}
 
 
-# --- ours: objectives._engine.fit with the objective's dynamic-padding collate ---------------
+# --- ours: objectives.engine.loop.fit with the objective's dynamic-padding collate ---------------
 
 
 def run_ours(args: argparse.Namespace, dev: str, indices: list[int]) -> dict[str, Any]:

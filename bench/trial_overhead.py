@@ -1,6 +1,6 @@
 """What the service adds around a real trial, and how fast a trial reaches its first step.
 
-One worker (``search.worker.run_worker``, the path ``search worker`` takes) runs a few real
+One worker (``search.running.worker.run_worker``, the path ``search worker`` takes) runs a few real
 Recipe-MPR trials (MiniLM by default) on each storage: the embedded journal file and
 PostgreSQL. Each storage runs in its own fresh worker process, so its first trial is a genuinely
 first trial. The bench only wraps functions to time them; nothing is mocked or skipped.
@@ -92,12 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     import optuna
 
-    import objectives._engine as engine
+    import objectives.engine.loop as engine
     import objectives._models as models
     import objectives.recipe_mpr as recipe
-    import search.worker as worker
+    import search.running.worker as worker
     from search.cli import _parse_sets
-    from search.display import WorkerDisplay
+    from search.running.display import WorkerDisplay
     from search.spec import load_spec
     from storage import mask_url, open_storage
 
@@ -317,7 +317,7 @@ def time_note_refresh(study: Any, spec: Any, storage: Any, sizes: list[int]) -> 
     attributes), so the note renders what a long search would show."""
     import optuna
 
-    from search.report import refresh_study
+    from search.dashboard.report import refresh_study
     from search.study import with_study_baseline
 
     spec = with_study_baseline(spec, study)

@@ -1,26 +1,25 @@
-"""Objectives: one module per task, each a readable training run that reports every epoch.
+"""Objectives: the built-in tasks, the shared training engine, and the contract they follow.
 
-An objective module defines ``METRIC`` (the name of the value it returns), ``PARAMS`` (every
-parameter it takes, with its default), ``prepare(params)`` (load data and model, raising
-``SetupError``) and ``train(params, reporter) -> dict``. Per-slice figures go in the result
-and on the trial under keys ``per_<what>`` as ``{slice: {METRIC: value or None, "n": items}}``
-(None: the slice is absent from the split); the dashboard and confirmation read them. Optional: ``FOLDS`` (confirmation trains
-once per fold), ``EXTRA_METRICS`` (other figures it records on the trial, which a spec's
-``references`` may name) and ``compute_baseline(params) -> dict`` (a baseline measured on the
-study's own data when the study is created). It knows nothing of storages or the CLI.
+- ``contract``: what an objective is (``Objective``), what it tells the outside world while it
+  trains (``Reporter``) and the error a user fixes (``SetupError``);
+- ``engine/``: the training loop every built-in task shares (seeding, optimisation, mixed
+  precision, data-parallel training, checkpoints, evaluation each epoch, reporting);
+- a module per single-file task (``recipe_mpr``, ``lyrics_genre``, ``ag_news``), a package per
+  task with modules of its own (``aste/``, ``babylm/``); ``_classification``, ``_data`` and
+  ``_models`` serve several tasks.
 
-Every public module of this package is an objective: adding a task is adding a file.
+An objective knows nothing of storages or the CLI.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from types import ModuleType
 
-from objectives._reporting import Reporter, SetupError, TrialReporter
+from objectives.contract import Reporter, SetupError, TrialReporter
 
-OBJECTIVES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
+#: The built-in tasks, by the name a spec's ``objective:`` gives.
+OBJECTIVES = ("ag_news", "aste", "babylm", "lyrics_genre", "recipe_mpr")
 
 __all__ = ["OBJECTIVES", "Reporter", "SetupError", "TrialReporter", "get_objective"]
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from objectives._reporting import SetupError
+from objectives.contract import SetupError
 
 DATA_ENV = "SEARCH_DATA_DIR"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from objectives._reporting import SetupError
+from objectives.contract import SetupError
 
 transformers.logging.set_verbosity_error()  # "newly initialized weights" is expected for task heads
 transformers.utils.logging.disable_progress_bar()

@@ -22,7 +22,7 @@ from typing import Any
 from objectives import _classification
 from objectives._classification import Corpus, LabelledTexts
 from objectives._data import DATA_ENV, task_files
-from objectives._reporting import Reporter, SetupError
+from objectives.contract import Reporter, SetupError
 
 METRIC = "accuracy"
 EXTRA_METRICS = ("macro_f1", "seconds_per_epoch")

@@ -31,7 +31,7 @@ import numpy as np
 from objectives import _classification
 from objectives._classification import Corpus, LabelledTexts
 from objectives._data import DATA_ENV, cache_dir, task_files
-from objectives._reporting import Reporter, SetupError
+from objectives.contract import Reporter, SetupError
 
 METRIC = "accuracy"
 EXTRA_METRICS = ("macro_f1", "seconds_per_epoch")

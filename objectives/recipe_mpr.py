@@ -22,9 +22,9 @@ import torch
 from transformers import AutoModelForMultipleChoice
 
 from objectives._data import cached, file_digest, task_files, tokenizer_digest
-from objectives._engine import TrainingArguments, fit, predict
+from objectives.engine.loop import TrainingArguments, fit, predict
 from objectives._models import load_model, load_tokenizer
-from objectives._reporting import Reporter, SetupError
+from objectives.contract import Reporter, SetupError
 
 METRIC = "accuracy"
 FOLDS = range(5)  # confirmation trains once per official fold and scores its held-out test items

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import REPO, parse_cli
+from helpers import REPO, parse_cli
 
 SCHEMA_PACKAGE = "docker-compose==1.29.2"
 VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")

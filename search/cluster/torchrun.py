@@ -1,0 +1,190 @@
+"""Multi-GPU trials: one trial trained data-parallel on G GPUs under torchrun.
+
+A spec with ``resources: {gpus_per_trial: G}`` (G > 1) makes the worker run each trial as
+
+    python -m torch.distributed.run --standalone --nproc-per-node G -m search.cluster.torchrun JOB
+
+The worker keeps everything that is about the study: it asks the trial (its heartbeat runs while
+the trial trains), tells the result, writes the notes, retries after running out of memory.
+The G processes are about training: each rank builds the objective from the job file, the
+engine trains through DDP (``objectives/engine/ddp.py``), and the trial is an optuna-integration
+``TorchDistributedTrial``: rank 0 holds the real ``optuna.trial.Trial`` (opened on the storage
+from ``$SEARCH_STORAGE``), the other ranks hold None, and every ``report``, ``should_prune`` and
+``set_user_attr`` is a collective that all ranks make in the same order. So:
+
+- pruning: ``should_prune`` answers the same on every rank; all raise ``TrialPruned`` together;
+- failure: a rank that raises writes its error and exits non-zero; torchrun then stops the
+  other ranks (none waits forever in a collective), and the worker fails the trial with the
+  first rank's error as the reason and goes on. An out-of-memory error on any rank is one for
+  the worker's retry (``search/running/oom.py``);
+- a fresh process group per trial: a failed trial leaves nothing behind for the next one.
+
+On a machine without GPUs the ranks are CPU processes with the gloo backend (how this is tested).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from objectives import TrialReporter
+
+PRUNED, COMPLETE = "pruned", "complete"
+
+
+class TrialFailed(Exception):
+    """A rank of a data-parallel trial failed; the message names the rank and its error."""
+
+
+# --- the worker's side ------------------------------------------------------------------------
+
+
+def storage_url(storage: optuna.storages.BaseStorage) -> str:
+    """The URL the ranks open the study's storage with (never put on a command line)."""
+    url = getattr(storage, "url", None) or getattr(storage, "path", None)
+    if not url:
+        raise TrialFailed(f"a multi-GPU trial needs a storage the ranks can open; {type(storage).__name__} has no URL")
+    return str(url)
+
+
+def train_distributed(trial: optuna.Trial, spec: Any, params: dict[str, Any], *, nproc: int, storage: str,
+                      checkpoint_dir: Path | None, skip_steps: set[int]) -> dict[str, Any]:
+    """Train one trial on ``nproc`` ranks; returns the objective's result (rank 0's).
+
+    ``storage`` is the storage URL, for rank 0 (``storage_url``).
+
+    Raises ``optuna.TrialPruned`` when the ranks pruned it, ``torch.OutOfMemoryError`` when a
+    rank ran out of memory, ``TrialFailed`` for any other failure.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"search-trial-{trial.number}-") as tmp:
+        folder = Path(tmp)
+        job = {"objective": spec.objective, "metric": spec.metric.name, "pruner": spec.pruner.model_dump(),
+               "params": params, "study": trial.study.study_name, "trial_id": trial._trial_id,
+               "number": trial.number, "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+               "skip_steps": sorted(skip_steps), "out": str(folder)}
+        (folder / "job.json").write_text(json.dumps(job))
+        env = {**os.environ, "SEARCH_STORAGE": storage, "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+                   f"--nproc-per-node={nproc}", "-m", "search.cluster.torchrun", str(folder / "job.json")]
+        with open(folder / "stderr.log", "w") as stderr:
+            proc = subprocess.Popen(command, env=env, stderr=stderr)
+            try:
+                code = proc.wait()
+            except BaseException:  # Ctrl-C or SIGTERM of the worker: stop the ranks, then go on stopping
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                raise
+        return _outcome(folder, code, nproc)
+
+
+def _outcome(folder: Path, code: int, nproc: int) -> dict[str, Any]:
+    errors = sorted((json.loads(p.read_text()) for p in folder.glob("error-rank*.json")), key=lambda e: e["time"])
+    if errors:
+        first = errors[0]
+        message = f"rank {first['rank']} of {nproc}: {first['type']}: {first['message']}"
+        if first["type"] == "OutOfMemoryError":
+            import torch
+
+            raise torch.OutOfMemoryError(message)
+        raise TrialFailed(message)
+    # Rank 0 writes the outcome after the last collective of the trial: all ranks trained to the end.
+    outcome_file = folder / "outcome.json"
+    if outcome_file.is_file():
+        outcome = json.loads(outcome_file.read_text())
+        if outcome["state"] == PRUNED:
+            raise optuna.TrialPruned(outcome["reason"])
+        return outcome["result"]
+    raise TrialFailed(f"torchrun exited with code {code} and no rank reported an error "
+                      f"({_root_cause((folder / 'stderr.log').read_text(errors='replace'))})")
+
+
+def _root_cause(stderr: str) -> str:
+    """torchrun's "Root Cause" of a failure (rank and exit code or signal), else the last line."""
+    _, found, rest = stderr.partition("Root Cause")
+    fields = dict(re.findall(r"^\s*(rank|exitcode)\s*:\s*(.+?)\s*$", rest, flags=re.M)) if found else {}
+    if fields:
+        return ", ".join(f"{key} {value}" for key, value in fields.items())
+    lines = stderr.strip().splitlines()
+    return lines[-1][:200] if lines else "no output"
+
+
+# --- the ranks' side --------------------------------------------------------------------------
+
+
+def _rank_main(job_path: str) -> None:
+    import torch
+    import torch.distributed as dist
+    from optuna_integration import TorchDistributedTrial
+
+    from objectives import get_objective
+    from search.running.oom import SkipReported
+    from storage import open_storage
+
+    job = json.loads(Path(job_path).read_text())
+    out = Path(job["out"])
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        real = None
+        if rank == 0:  # the worker asked the trial; rank 0 reports into it (the pruner decides there)
+            pruner = getattr(optuna.pruners, job["pruner"]["type"])(**job["pruner"]["options"])
+            study = optuna.load_study(study_name=job["study"], storage=open_storage(os.environ["SEARCH_STORAGE"]),
+                                      pruner=pruner)
+            real = optuna.trial.Trial(study, job["trial_id"])
+        reporter = _RankReporter(TorchDistributedTrial(real), job["number"], job["metric"], printing=rank == 0)
+        reporter.checkpoint_dir = Path(job["checkpoint_dir"]) if job["checkpoint_dir"] else None
+        try:
+            result = get_objective(job["objective"]).train(job["params"], SkipReported(reporter, set(job["skip_steps"])))
+            outcome: dict[str, Any] = {"state": COMPLETE, "result": result}
+        except optuna.TrialPruned as e:  # raised on every rank together
+            outcome = {"state": PRUNED, "reason": str(e)}
+        if rank == 0:
+            (out / "outcome.json").write_text(json.dumps(outcome, default=_jsonable))
+        dist.barrier()  # no rank leaves while another still reports or writes the outcome
+    except Exception as e:
+        # Written before this rank exits: torchrun then stops the others; the worker reads the first error.
+        (out / f"error-rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "type": type(e).__name__, "message": str(e).strip()[:500], "time": time.time()}))
+        raise
+    # A rank is a one-trial process. Tearing down gloo's threads (destroy_process_group, or the
+    # interpreter's exit) sometimes aborts the process ("terminate called without an active
+    # exception", SIGABRT) after the trial has finished: leave without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _jsonable(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+class _RankReporter(TrialReporter):
+    """Reports into the distributed trial (collectives); rank 0 prints the worker's epoch line."""
+
+    def __init__(self, trial: Any, number: int, metric: str, *, printing: bool) -> None:
+        super().__init__(trial)
+        self.number, self.metric, self.printing = number, metric, printing
+
+    def report(self, value: float, step: int) -> None:
+        super().report(value, step)
+        if self.printing:
+            print(f"trial {self.number} epoch {step}: {self.metric} {value:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    _rank_main(sys.argv[1])

@@ -1,0 +1,93 @@
+"""`search slurm`: the sbatch script it writes, parsed, syntax-checked and run up to srun.
+
+No SLURM here: the script is read line by line, checked by `bash -n`, and executed with bash
+(it stops at `srun`, which does not exist here, after its own checks have run).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+import pytest
+
+from helpers import ok, parse_cli, run_main
+
+SECRET = "postgresql+psycopg2://alice:s3cr3t-pw@db.internal:5432/studies"
+
+
+def sbatch_options(script: str) -> dict[str, str]:
+    options = {}
+    for line in script.splitlines():
+        if line.startswith("#SBATCH "):
+            key, _, value = line.removeprefix("#SBATCH ").partition("=")
+            options[key] = value
+    return options
+
+
+def srun_line(script: str) -> list[str]:
+    (line,) = [line for line in script.splitlines() if line.startswith("srun ")]
+    return shlex.split(line)
+
+
+@pytest.fixture
+def slurm(monkeypatch, capsys, tmp_path):
+    """`search slurm ARGS` in tmp_path, in this process: (exit code, stdout, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    return lambda *args: run_main(monkeypatch, capsys, "slurm", "--study", "recipe-mpr", *args)
+
+
+def test_the_script_runs_one_worker_per_gpu_on_every_node_without_the_url(slurm, monkeypatch, tmp_path):
+    monkeypatch.setenv("SEARCH_STORAGE", SECRET)
+    code, out, err = slurm("--nodes", "2", "--gpus-per-node", "4", "--time", "02:00:00", "--n-trials", "40",
+                           "-o", "job.sbatch")
+    assert code == 0, err
+    assert "8 workers on study recipe-mpr" in out and "sbatch job.sbatch" in out
+    script = (tmp_path / "job.sbatch").read_text()
+    assert script.startswith("#!/bin/bash\n")
+
+    options = sbatch_options(script)
+    assert options["--nodes"] == "2" and options["--gpus-per-node"] == "4" and options["--ntasks-per-node"] == "4"
+    assert options["--time"] == "02:00:00" and options["--job-name"] == "search-recipe-mpr"
+    # #SBATCH lines count only before the first command.
+    first_command = next(i for i, line in enumerate(script.splitlines()) if line and not line.startswith("#"))
+    assert all(i < first_command for i, line in enumerate(script.splitlines()) if line.startswith("#SBATCH"))
+
+    srun = srun_line(script)
+    assert "--ntasks-per-node=4" in srun and "--gpus-per-task=1" in srun
+    worker = srun[srun.index("worker"):]
+    params = parse_cli(worker).params  # a real `search worker` command line
+    assert params["study"] == "recipe-mpr" and params["n_trials"] == 40 and params["budget"] == "study"
+    assert params["storage"] is None, "the worker reads $SEARCH_STORAGE at run time"
+
+    for secret in (SECRET, "s3cr3t-pw", "alice", "db.internal"):
+        assert secret not in script and secret not in out
+
+    ok(subprocess.run(["bash", "-n", str(tmp_path / "job.sbatch")], capture_output=True, text=True))
+    unset = subprocess.run(["bash", str(tmp_path / "job.sbatch")], capture_output=True, text=True,
+                           env={"PATH": "/usr/bin:/bin"})
+    assert unset.returncode != 0 and "set SEARCH_STORAGE to the PostgreSQL URL before sbatch" in unset.stderr
+    given = subprocess.run(["bash", str(tmp_path / "job.sbatch")], capture_output=True, text=True,
+                           env={"PATH": "/usr/bin:/bin", "SEARCH_STORAGE": SECRET})
+    assert given.returncode == 127 and "srun: command not found" in given.stderr, "got as far as srun"
+
+
+def test_multi_gpu_trials_get_their_gpus_per_task(slurm, tmp_path):
+    code, _, err = slurm("--nodes", "3", "--gpus-per-node", "8", "--gpus-per-trial", "4", "-o", "job.sbatch")
+    assert code == 0, err
+    script = (tmp_path / "job.sbatch").read_text()
+    assert sbatch_options(script)["--ntasks-per-node"] == "2"
+    srun = srun_line(script)
+    assert "--gpus-per-task=4" in srun
+    assert parse_cli(srun[srun.index("worker"):]).params["gpus_per_trial"] == 4
+    assert "--time" not in sbatch_options(script), "the partition's limit unless asked"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--gpus-per-node", "6", "--gpus-per-trial", "4"], "error: --gpus-per-node 6 does not divide into trials of 4 GPUs"),
+    (["--gpus-per-node", "4", "--time", "2h"], "error: --time '2h': expected HH:MM:SS, D-HH:MM:SS or minutes"),
+])
+def test_sizes_that_do_not_fit_are_one_line(slurm, tmp_path, args, message):
+    code, _, err = slurm("--nodes", "1", *args)
+    assert code == 2 and err.strip() == message
+    assert list(tmp_path.glob("*.sbatch")) == []
