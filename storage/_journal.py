@@ -5,12 +5,18 @@ contract here (``BaseHeartbeat``): a running trial's heartbeat is a timestamp in
 attributes, and a trial is stale when that timestamp is older than the grace period. Optuna's
 own ``study.optimize`` then runs the heartbeat thread and ``fail_stale_trials`` as it does for
 PostgreSQL.
+
+It also holds the study lock for stores that live in one machine's files (this journal, and a
+SQLite database): an exclusive flock on a file beside the store.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import optuna
 from optuna.storages import JournalStorage
@@ -19,6 +25,29 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 HEARTBEAT_ATTR = "search:heartbeat"
+
+
+def lock_key(study_name: str) -> int:
+    """The study lock's 64-bit key: a PostgreSQL advisory lock id, and (its low 32 bits) the
+    name of the lock file beside a file store."""
+    return int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def file_lock(store_path: str, study_name: str, *, wait: bool) -> Iterator[bool]:
+    """An exclusive flock on ``<store_path>.<key>.lock``: excludes every process on this machine
+    that opened the same store. Yields whether it is held (False only with ``wait=False``)."""
+    with open(f"{store_path}.{lock_key(study_name) & 0xFFFFFFFF:08x}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            held = False
+        try:
+            yield held
+        finally:
+            if held:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
@@ -35,6 +64,11 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self._heartbeat_interval = heartbeat_interval
         self._grace_period = grace_period
         self._stale_callback = heartbeat_stale_trial_callback
+
+    def study_lock(self, study_name: str, *, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
+        """The study's lock, for a read-modify-write of its attributes across processes: yields
+        True when held; with ``wait=False`` yields False at once while another process holds it."""
+        return file_lock(self.path, study_name, wait=wait)
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:

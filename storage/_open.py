@@ -1,3 +1,5 @@
+"""A storage URL -> the storage (journal file, SQLite or PostgreSQL), or one StorageError line."""
+
 from __future__ import annotations
 
 import os
@@ -10,10 +12,15 @@ import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from storage._journal import HeartbeatJournalStorage
-from storage._reconnect import ReconnectingRDBStorage
+from storage._rdb import LOCKING_DIALECTS, ReconnectingRDBStorage
 
 DEFAULT_ENV = "SEARCH_STORAGE"
 JOURNAL_SUFFIXES = (".journal", ".log")
+SUPPORTED = ("PostgreSQL (postgresql://user@host/db) for many machines; SQLite (sqlite:///path/to/studies.db) "
+             f"or a journal file (a path ending in {' or '.join(JOURNAL_SUFFIXES)}) for one machine")
+
+# What ``open_storage`` returns: both have ``study_lock`` and Optuna's heartbeat.
+Storage = HeartbeatJournalStorage | ReconnectingRDBStorage
 
 
 class StorageError(Exception):
@@ -39,7 +46,9 @@ def mask_url(url: str) -> str:
     if "://" not in url or url.startswith("journal://"):
         return url
     try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+        parsed = sqlalchemy.engine.make_url(url)
+        # Without a password the URL is shown as given (rendering would escape a SQLite path).
+        return url if parsed.password is None else parsed.render_as_string(hide_password=True)
     except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
         # Unparseable: still hide whatever sits between "://user:" and "@".
         scheme, rest = url.split("://", 1)
@@ -73,29 +82,59 @@ def _journal_path(url: str) -> Path | None:
     return None
 
 
-def open_storage(url: str | None = None, *, create: bool = True) -> optuna.storages.BaseStorage:
-    """Open the storage; raises StorageError in one line. A journal file that does not exist is
-    created, unless ``create`` is False (commands that only read): then it is a StorageError."""
+def _dialect(url: str) -> str:
+    """The URL's database, from its scheme alone: known before any driver is imported."""
+    return url.split("://", 1)[0].split("+", 1)[0].lower()
+
+
+def _sqlite_url(url: str) -> tuple[str, Path]:
+    """The SQLite URL with its file's absolute path (what the lock file sits beside), and that path."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:
+        raise StorageError(f"storage {mask_url(url)}: not a SQLite URL: {e}") from None
+    if parsed.database in (None, "", ":memory:") or parsed.query.get("uri"):
+        raise StorageError(f"storage {mask_url(url)}: SQLite needs a database file path, as "
+                           "sqlite:///path/to/studies.db (not in-memory: it is gone when its process ends; not a file: URI)")
+    path = Path(parsed.database).expanduser().absolute()
+    return parsed.set(database=str(path)).render_as_string(hide_password=False), path
+
+
+def open_storage(url: str | None = None, *, create: bool = True) -> Storage:
+    """Open the storage; raises StorageError in one line. A journal or SQLite file that does not
+    exist is created, unless ``create`` is False (commands that only read): then it is NoStore.
+    Only stores whose ``study_lock`` excludes every worker are opened: any other database is
+    refused here, before its driver is imported or anything is created."""
     url = resolve_url(url)
     path = _journal_path(url)
     if not create and path is not None and path.suffix in JOURNAL_SUFFIXES and not path.exists():
         raise NoStore(f"storage {url}: no such journal file (the first `search worker` on it creates it)")
+    if path is None:
+        dialect = _dialect(with_driver(url))
+        if dialect not in LOCKING_DIALECTS:
+            raise StorageError(f"storage {mask_url(url)}: {dialect or 'this URL'} is not supported "
+                               f"(a study lock must exclude every worker): give {SUPPORTED}")
+        if dialect == "sqlite":
+            url, file = _sqlite_url(url)
+            if not create and not file.exists():
+                raise NoStore(f"storage {mask_url(url)}: no such SQLite file (the first `search worker` on it creates it)")
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StorageError(f"storage {mask_url(url)}: cannot create its folder: {e.strerror or e}") from None
     with warnings.catch_warnings():
         # The heartbeat and its retry callback are marked experimental; they are what we want.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return _open(url)
 
 
-def _open(url: str) -> optuna.storages.BaseStorage:
+def _open(url: str) -> Storage:
     interval, grace = _heartbeat_settings()
     retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
     path = _journal_path(url)
     if path is not None:
         if path.suffix not in JOURNAL_SUFFIXES:
-            raise StorageError(
-                f"storage {url!r}: not a storage URL; give postgresql+psycopg2://user@host/db "
-                f"or a journal file path ending in {' or '.join(JOURNAL_SUFFIXES)}"
-            )
+            raise StorageError(f"storage {url!r}: not a storage URL; give {SUPPORTED}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             return HeartbeatJournalStorage(
@@ -113,7 +152,7 @@ def _open(url: str) -> optuna.storages.BaseStorage:
             url,
             # A worker holds at most a couple of connections; pre-ping replaces ones the
             # server dropped (restart, idle timeout, pg_terminate_backend) before use, and a
-            # call whose connection dies under it is retried (storage/_reconnect.py).
+            # call whose connection dies under it is retried (storage/_rdb.py).
             engine_kwargs=engine_kwargs,
             heartbeat_interval=interval,
             grace_period=grace,

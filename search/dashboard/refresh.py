@@ -24,7 +24,6 @@ from optuna.trial import FrozenTrial
 
 from search.dashboard.report import refresh_study, write_trial_note
 from search.spec import StudySpec
-from storage import study_lock
 
 REQUEST_ATTR = "search:render_request"
 
@@ -37,7 +36,7 @@ def refresh_coalesced(study: optuna.Study, spec: StudySpec, storage: optuna.stor
     study_id = storage.get_study_id_from_name(study.study_name)
     storage.set_study_system_attr(study_id, REQUEST_ATTR, uuid.uuid4().hex)
     while True:
-        with study_lock(storage, f"{study.study_name}:refresher", wait=False) as held:
+        with storage.study_lock(f"{study.study_name}:refresher", wait=False) as held:
             if not held:
                 return  # the holder renders again: it sees our request
             while True:

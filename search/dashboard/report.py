@@ -20,7 +20,6 @@ from optuna_dashboard import get_note, save_note, save_plotly_graph_object
 from objectives.engine.steplog import describe
 from search.dashboard import scaling
 from search.spec import StudySpec
-from storage import study_lock
 
 CONFIRMED_ATTR = "search:confirmed"
 TOP = 5
@@ -309,7 +308,7 @@ def write_trial_note(study: optuna.Study, spec: StudySpec, trial: FrozenTrial) -
 
 def refresh_study(study: optuna.Study, spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
     """Re-render the study note and plots from the current state, under the study lock."""
-    with study_lock(storage, study.study_name):
+    with storage.study_lock(study.study_name):
         note = study_note(study, spec)
         if get_note(study) != note:
             save_note(study, note)

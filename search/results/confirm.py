@@ -21,7 +21,6 @@ from objectives import TrialReporter, get_objective
 from search.dashboard.report import CONFIRMED_ATTR, ranked, refresh_study
 from search.spec import StudySpec
 from search.running.worker import MAX_CONSECUTIVE_FAILURES, StopAfterFailures
-from storage import study_lock
 
 FIRST_SEED = 1000  # confirmation seeds differ from the search's (the spec's seed, 42 by default)
 
@@ -50,7 +49,7 @@ def open_confirm_study(study: optuna.Study, spec: StudySpec, storage: optuna.sto
                                   direction=spec.metric.direction, pruner=optuna.pruners.NopPruner(),
                                   load_if_exists=True)
     # Enqueue under the lock: two confirmers must not both add the same run.
-    with study_lock(storage, confirm.study_name):
+    with storage.study_lock(confirm.study_name):
         for run in runs:
             confirm.enqueue_trial(run, skip_if_exists=True)
     return confirm
@@ -151,7 +150,7 @@ def summarize(confirm: optuna.Study, metric: str, n_folds: int) -> dict[str, dic
 def aggregate(study: optuna.Study, spec: StudySpec, storage: optuna.storages.BaseStorage,
               confirm: optuna.Study) -> dict[str, dict[str, Any]]:
     n_folds = len(list(getattr(get_objective(spec.objective), "FOLDS", [None])))
-    with study_lock(storage, confirm.study_name):  # re-read and write as one step
+    with storage.study_lock(confirm.study_name):  # re-read and write as one step
         confirmed = summarize(confirm, spec.metric.name, n_folds)
         if confirmed and confirmed != study.user_attrs.get(CONFIRMED_ATTR):
             study.set_user_attr(CONFIRMED_ATTR, confirmed)

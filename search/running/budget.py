@@ -26,8 +26,6 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-from storage import study_lock
-
 
 class StudyBudget:
     def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, total: int, *,
@@ -48,7 +46,7 @@ class StudyBudget:
         """Wait for a free slot: True with the budget lock held (call ``release`` once the trial
         is asked), False when the budget is spent or ``deadline`` (time.monotonic) passed."""
         while deadline is None or time.monotonic() < deadline:
-            self._held.enter_context(study_lock(self.storage, f"{self.study.study_name}:budget"))
+            self._held.enter_context(self.storage.study_lock(f"{self.study.study_name}:budget"))
             finished, running = self.counts()
             if finished >= self.total:
                 self.release()
