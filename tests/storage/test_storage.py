@@ -1,4 +1,4 @@
-"""Storage URLs: the journal file with its heartbeat, PostgreSQL, and never a password in sight."""
+"""Storage URLs: the journal file and SQLite with their heartbeat, PostgreSQL, and never a password in sight."""
 
 from __future__ import annotations
 
@@ -48,6 +48,20 @@ def test_postgres_store_has_a_heartbeat(pg_url):
     storage = open_storage(pg_url)
     try:
         assert isinstance(storage, optuna.storages.RDBStorage) and is_heartbeat_enabled(storage)
+    finally:
+        storage.engine.dispose()
+
+
+def test_sqlite_store_is_created_with_its_folder_and_has_a_heartbeat(tmp_path):
+    path = tmp_path / "deep" / "studies.db"
+    storage = open_storage(f"sqlite:///{path}")
+    try:
+        optuna.create_study(study_name="s", storage=storage)
+        assert path.is_file() and is_heartbeat_enabled(storage)
+        # A plain Optuna RDB storage on the same file (what optuna-dashboard opens).
+        plain = optuna.storages.RDBStorage(f"sqlite:///{path}")
+        assert [s.study_name for s in optuna.get_all_study_summaries(plain)] == ["s"]
+        plain.engine.dispose()
     finally:
         storage.engine.dispose()
 
