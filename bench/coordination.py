@@ -35,7 +35,6 @@ import os
 import statistics
 import sys
 import time
-import types
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -51,8 +50,10 @@ import optuna  # noqa: E402
 import yaml  # noqa: E402
 
 import search.running.worker  # noqa: E402
+import search.spec  # noqa: E402
+from objectives import Objective  # noqa: E402
 from search.spec import validate  # noqa: E402
-from search.study import build_study, with_study_baseline  # noqa: E402
+from search.study import as_recorded, build_study  # noqa: E402
 from storage import open_storage  # noqa: E402
 
 DEFAULT_PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -62,8 +63,8 @@ OPERATIONS = ("admit", "ask", "report", "tell", "note update")
 # --- the simulated training --------------------------------------------------------------------
 
 
-def simulated_objective(trial_seconds: float, epochs: int) -> types.SimpleNamespace:
-    """An objective module's interface (METRIC, PARAMS, prepare, train) whose train sleeps."""
+def simulated_objective(trial_seconds: float, epochs: int) -> Objective:
+    """An objective (the contract's Objective) whose train sleeps instead of training."""
     from objectives import recipe_mpr
 
     def train(params: dict[str, Any], reporter: Any, *, on_test: bool = False) -> dict[str, Any]:
@@ -80,7 +81,8 @@ def simulated_objective(trial_seconds: float, epochs: int) -> types.SimpleNamesp
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
         return {"accuracy": value, "split": "validation", "n_items": 80}
 
-    return types.SimpleNamespace(METRIC="accuracy", PARAMS=recipe_mpr.PARAMS, prepare=lambda params: None, train=train)
+    return Objective(name="recipe_mpr", metric="accuracy", params=recipe_mpr.PARAMS, prepare=lambda params: None,
+                     train=train)
 
 
 def plain_objective(trial_seconds: float, epochs: int) -> Callable[[optuna.Trial], float]:
@@ -154,13 +156,13 @@ def our_worker(url: str, name: str, spec_data: dict[str, Any], budget: int, tria
     _time_optuna(timings)
     timings.wrap(search.running.worker.StudyBudget, "admit", "admit")
     timings.wrap_callback_factory()
-    search.running.worker.get_objective = lambda _name: simulated_objective(trial_seconds, epochs)
+    search.spec.load_objective = lambda _name: simulated_objective(trial_seconds, epochs)  # what specs load
     storage = open_storage(url)
     spec = validate(spec_data, "bench spec")
     barrier.wait()
     start = time.time()
     study, _ = build_study(spec, storage, name=name)
-    search.running.worker.run_trials(study, with_study_baseline(spec, study), storage, study_budget=budget)
+    search.running.worker.run_trials(study, as_recorded(spec, study), storage, study_budget=budget)
     results.put({"end": time.time(), "start": start, "samples": dict(timings.samples)})
 
 

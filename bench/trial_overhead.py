@@ -317,10 +317,10 @@ def time_note_refresh(study: Any, spec: Any, storage: Any, sizes: list[int]) -> 
     attributes), so the note renders what a long search would show."""
     import optuna
 
-    from search.dashboard.report import refresh_study
-    from search.study import with_study_baseline
+    from search.dashboard.refresh import refresh_study
+    from search.study import as_recorded
 
-    spec = with_study_baseline(spec, study)
+    spec = as_recorded(spec, study)
     real = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     out = []
     for size in sorted(sizes):

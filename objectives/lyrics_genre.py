@@ -37,7 +37,6 @@ METRIC = "accuracy"
 EXTRA_METRICS = ("macro_f1", "seconds_per_epoch")
 TASK = "lyrics-genre"
 GENRES = {"hip_hop": "Rap", "country": "Country", "rnb": "R&B", "rock": "Rock", "pop": "Pop", "blues": "Blues"}
-CLEANING_VERSION = 1  # part of what the study sees: change the cleaning, change this
 MIN_WORDS = 10
 N_FOLDS = 10  # artist-grouped folds: one for test, one for validation, eight for training
 _REPO = "https://raw.githubusercontent.com/Tulip4attoo/learning-from-lyrics/dbc2fc9d0d9532a5626bdcb7c1151d7a2048b5df"

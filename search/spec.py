@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal, Union
 
 import optuna
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from objectives import SetupError, get_objective
+from objectives import Objective, SetupError, load_objective
 
 SPACES_ENV = "SEARCH_SPACES_DIR"
 
@@ -43,8 +43,6 @@ class FloatParam(_Strict):
             raise ValueError("step and log cannot be combined")
         return self
 
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
     def contains(self, value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
@@ -65,8 +63,6 @@ class IntParam(_Strict):
             raise ValueError("a log scale needs low > 0")
         return self
 
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.IntDistribution(self.low, self.high, log=self.log, step=self.step)
 
     def contains(self, value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
@@ -76,8 +72,6 @@ class CategoricalParam(_Strict):
     type: Literal["categorical"]
     choices: list[Union[bool, int, float, str]] = Field(min_length=1)
 
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.CategoricalDistribution(self.choices)
 
     def contains(self, value: Any) -> bool:
         return value in self.choices
@@ -89,14 +83,6 @@ Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discrimin
 class Metric(_Strict):
     name: str
     direction: Literal["maximize", "minimize"]
-
-
-class Reference(_Strict):
-    """A figure the study is measured against, and where it comes from."""
-
-    value: float
-    source: str
-    slices: dict[str, float] = {}  # per-slice figures where the source gives them
 
 
 class Target(_Strict):
@@ -147,6 +133,10 @@ class Component(_Strict):
     type: str
     options: dict[str, Any] = {}
 
+    def build(self, namespace: Any) -> Any:
+        """The component from ``namespace`` (``optuna.samplers`` or ``optuna.pruners``)."""
+        return getattr(namespace, self.type)(**self.options)
+
 
 class Resources(_Strict):
     """What one trial runs on. More than one GPU: the worker trains the trial data-parallel
@@ -174,6 +164,10 @@ class StudySpec(_Strict):
     pruner: Component = Component(type="MedianPruner")
     resources: Resources | None = None  # absent: one GPU (or the CPU) per trial
     known_configs: list[KnownConfig] = []
+    # The objective's defaults this spec's runs fill in: the ones recorded on the study when it was
+    # created (``with_defaults``), so that a default changed in the code since does not change what
+    # an existing study trains; None: today's.
+    _defaults: dict[str, Any] | None = PrivateAttr(default=None)
 
     def better(self, a: float, b: float) -> bool:
         """Is ``a`` strictly better than ``b`` in the metric's direction?"""
@@ -193,18 +187,33 @@ class StudySpec(_Strict):
             update["target"] = self.target.model_copy(update={"value": value})
         return self.model_copy(update=update)
 
+    @property
+    def objective_module(self) -> Objective:
+        return load_objective(self.objective)
+
+    def defaults(self) -> dict[str, Any]:
+        """The objective defaults runs of this spec use: the study's recorded ones, else today's."""
+        today = dict(self.objective_module.params)
+        if self._defaults is None:
+            return today
+        # A parameter the objective no longer takes is dropped; one it took up since, today's default.
+        return {**today, **{k: v for k, v in self._defaults.items() if k in today}}
+
+    def with_defaults(self, defaults: dict[str, Any]) -> StudySpec:
+        """This spec filling in ``defaults`` (those recorded on its study) instead of today's."""
+        spec = self.model_copy()
+        spec._defaults = dict(defaults)
+        return spec
+
     def params(self, tuned: dict[str, Any]) -> dict[str, Any]:
         """The complete parameters of one run: objective defaults < fixed < tuned."""
-        return {**get_objective(self.objective).PARAMS, **self.fixed, **tuned}
-
-    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
-        return {name: p.distribution() for name, p in self.space.items()}
+        return {**self.defaults(), **self.fixed, **tuned}
 
     def build_sampler(self) -> optuna.samplers.BaseSampler:
-        return getattr(optuna.samplers, self.sampler.type)(**self.sampler.options)
+        return self.sampler.build(optuna.samplers)
 
     def build_pruner(self) -> optuna.pruners.BasePruner:
-        return getattr(optuna.pruners, self.pruner.type)(**self.pruner.options)
+        return self.pruner.build(optuna.pruners)
 
     def as_dict(self) -> dict[str, Any]:
         data = self.model_dump(mode="json", exclude_defaults=False)
@@ -223,7 +232,7 @@ class StudySpec(_Strict):
         """Pin parameters: a searched one leaves the space (and the known configs) for ``fixed``."""
         if not overrides:
             return self
-        allowed = get_objective(self.objective).PARAMS
+        allowed = self.objective_module.params
         for key in overrides:
             if key not in allowed:
                 raise SpecError(f"{source} {key}: not a parameter of objective {self.objective} (allowed: {', '.join(allowed)})")
@@ -234,16 +243,22 @@ class StudySpec(_Strict):
             {"name": c["name"], "params": {k: v for k, v in c["params"].items() if k not in overrides}}
             for c in data["known_configs"]
         ]
-        return validate(data, source)
+        spec = validate(data, source)
+        return spec.with_defaults(self._defaults) if self._defaults is not None else spec
 
 
 def spaces_dir() -> Path:
     return Path(os.environ.get(SPACES_ENV) or Path(__file__).resolve().parent.parent / "spaces")
 
 
+def names_a_file(study: str) -> bool:
+    """Is ``--study`` a path to a spec YAML file (rather than a spec name in spaces/)?"""
+    return study.endswith((".yaml", ".yml")) or os.sep in study
+
+
 def spec_path(study: str) -> Path:
     """``--study`` is a spec name in spaces/ or a path to a YAML file."""
-    if study.endswith((".yaml", ".yml")) or os.sep in study:
+    if names_a_file(study):
         return Path(study)
     return spaces_dir() / f"{study}.yaml"
 
@@ -305,15 +320,15 @@ def _allowed_keys(loc: tuple[Any, ...]) -> str:
 
 def _check_against_objective(spec: StudySpec, source: str) -> None:
     try:
-        objective = get_objective(spec.objective)
+        objective = load_objective(spec.objective)
     except SetupError as e:
         raise SpecError(f"{source}: objective: {e}") from None
-    allowed = objective.PARAMS
-    if spec.metric.name != objective.METRIC:
-        raise SpecError(f"{source}: metric.name: objective {spec.objective} returns {objective.METRIC!r}, not {spec.metric.name!r}")
-    if spec.baseline.computed and not hasattr(objective, "compute_baseline"):
+    allowed = objective.params
+    if spec.metric.name != objective.metric:
+        raise SpecError(f"{source}: metric.name: objective {spec.objective} returns {objective.metric!r}, not {spec.metric.name!r}")
+    if spec.baseline.computed and objective.compute_baseline is None:
         raise SpecError(f"{source}: baseline.computed: objective {spec.objective} computes no baseline; give a value")
-    recorded = (objective.METRIC, *getattr(objective, "EXTRA_METRICS", ()))
+    recorded = objective.metrics
     for i, line in enumerate(spec.references):
         if line.metric is not None and line.metric not in recorded:
             raise SpecError(f"{source}: references.{i}.metric: objective {spec.objective} records no "

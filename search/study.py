@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from typing import Any
 
 import optuna
 
-from objectives import get_objective
+from objectives.attributes import StudyAttr, TrialAttr
 from search.spec import SpecError, StudySpec, validate
-
-SPEC_ATTR = "search:spec"
-BASELINE_ATTR = "search:baseline"  # a computed baseline: {value, source, slices}
-READY_ATTR = "search:ready"
 
 
 class StudyNotFound(Exception):
@@ -25,8 +22,10 @@ def build_study(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: 
     """Create the study on first use, else load it; returns (study, created_here).
 
     Creation is atomic in the storage: of many workers starting at once, one creates the study,
-    records the spec and enqueues the known configurations; the others wait for it to be ready.
-    The sampler and pruner are not stored by Optuna: every worker builds them from the spec.
+    records the spec and the objective's defaults and enqueues the known configurations; the
+    others wait for it to be ready. The sampler and pruner are not stored by Optuna: every worker
+    builds them from the spec. The spec returned fills in the study's recorded defaults and
+    baseline (``as_recorded``).
     """
     name = name or spec.name
     kwargs = dict(study_name=name, storage=storage, sampler=spec.build_sampler(), pruner=spec.build_pruner())
@@ -42,13 +41,19 @@ def build_study(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: 
     with warnings.catch_warnings():  # experimental in Optuna, and what we want: no warning on stderr
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([spec.metric.name])
-    study.set_user_attr(SPEC_ATTR, spec.as_dict())
+    study.set_user_attr(StudyAttr.SPEC, spec.as_dict())
+    study.set_user_attr(StudyAttr.DEFAULTS, _plain(spec.defaults()))
     if baseline is not None:
-        study.set_user_attr(BASELINE_ATTR, baseline)
+        study.set_user_attr(StudyAttr.BASELINE, baseline)
     for config in spec.known_configs:
-        study.enqueue_trial(config.params, user_attrs={"known_config": config.name}, skip_if_exists=True)
-    study.set_user_attr(READY_ATTR, True)
+        study.enqueue_trial(config.params, user_attrs={TrialAttr.KNOWN_CONFIG: config.name}, skip_if_exists=True)
+    study.set_user_attr(StudyAttr.READY, True)
     return study, True
+
+
+def _plain(params: dict[str, Any]) -> dict[str, Any]:
+    """As stored (JSON): tuples become lists, so a re-read compares equal."""
+    return json.loads(json.dumps(params, default=str))
 
 
 def _exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
@@ -61,17 +66,21 @@ def _exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
 
 def compute_baseline(spec: StudySpec) -> dict[str, Any]:
     """The objective's own baseline on the study's data (its fixed parameters), as stored."""
-    measured = get_objective(spec.objective).compute_baseline(spec.params({}))
+    measured = spec.objective_module.compute_baseline(spec.params({}))
     detail = measured.get("detail")
     return {"value": float(measured["value"]), "slices": dict(measured.get("slices", {})),
             "source": f"{spec.baseline.source} ({detail})" if detail else spec.baseline.source}
 
 
-def with_study_baseline(spec: StudySpec, study: optuna.Study) -> StudySpec:
-    """The spec with a computed baseline filled in from the study (a fixed one is unchanged)."""
+def as_recorded(spec: StudySpec, study: optuna.Study) -> StudySpec:
+    """The spec as its study holds it: the objective defaults recorded when the study was created
+    (a study from before they were recorded: today's) and a computed baseline filled in."""
+    attrs = study.user_attrs
+    if attrs.get(StudyAttr.DEFAULTS) is not None:
+        spec = spec.with_defaults(attrs[StudyAttr.DEFAULTS])
     if not spec.baseline.computed:
         return spec
-    stored = study.user_attrs.get(BASELINE_ATTR)
+    stored = attrs.get(StudyAttr.BASELINE)
     if stored is None:
         raise SpecError(f"study {study.study_name!r} has a computed baseline but none was recorded")
     return spec.with_baseline(stored["value"], stored["source"], stored["slices"])
@@ -79,7 +88,7 @@ def with_study_baseline(spec: StudySpec, study: optuna.Study) -> StudySpec:
 
 def _wait_ready(study: optuna.Study, wait_seconds: float) -> None:
     deadline = time.monotonic() + wait_seconds
-    while not study.user_attrs.get(READY_ATTR):
+    while not study.user_attrs.get(StudyAttr.READY):
         if time.monotonic() > deadline:
             raise SpecError(f"study {study.study_name!r} exists but its creator never recorded a spec "
                             "(it was not created by `search worker`, or its creator died while creating it)")
@@ -87,14 +96,14 @@ def _wait_ready(study: optuna.Study, wait_seconds: float) -> None:
 
 
 def recorded_spec(study: optuna.Study) -> StudySpec:
-    data = study.user_attrs.get(SPEC_ATTR)
+    data = study.user_attrs.get(StudyAttr.SPEC)
     if data is None:
         raise SpecError(f"study {study.study_name!r} has no recorded spec (it was not created by `search worker`)")
-    return with_study_baseline(validate(data, f"spec recorded on study {study.study_name!r}"), study)
+    return as_recorded(validate(data, f"spec recorded on study {study.study_name!r}"), study)
 
 
 def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:
-    recorded = study.user_attrs.get(SPEC_ATTR, {})
+    recorded = study.user_attrs.get(StudyAttr.SPEC, {})
     differences = spec_diff(recorded, spec.as_dict())
     if differences:
         shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
@@ -143,3 +152,6 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
         else:
             out[name] = trial.suggest_categorical(name, param.choices)
     return out
+
+
+with_study_baseline = as_recorded  # transitional name, removed once the CLI calls as_recorded

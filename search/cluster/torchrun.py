@@ -17,7 +17,12 @@ from ``$SEARCH_STORAGE``), the other ranks hold None, and every ``report``, ``sh
   other ranks (none waits forever in a collective), and the worker fails the trial with the
   first rank's error as the reason and goes on. An out-of-memory error on any rank is one for
   the worker's retry (``search/running/oom.py``);
-- a fresh process group per trial: a failed trial leaves nothing behind for the next one.
+- a fresh process group per trial: a failed trial leaves nothing behind for the next one;
+- progress: rank 0 appends its epochs as ``TrialEvent``s to a file in the job folder, which the
+  worker follows into its display (``search/running/events.py``); no output is parsed.
+
+The ranks train through the same ``TrialRunner`` as every other run. ``search run`` and ``search
+confirm`` use this path too; a run outside a study (``search run``) has no trial: nobody prunes.
 
 On a machine without GPUs the ranks are CPU processes with the gloo backend (how this is tested).
 """
@@ -36,9 +41,12 @@ from typing import Any
 
 import optuna
 
-from objectives import TrialReporter
+from objectives import Objective, Reporter, TrialReporter
+from search.running.events import EventFile, Sink, TrialEvent, follow
+from search.running.runner import EmittingReporter
 
 PRUNED, COMPLETE = "pruned", "complete"
+EVENTS_FILE = "events.jsonl"  # rank 0's events, in the job folder
 
 
 class TrialFailed(Exception):
@@ -56,26 +64,42 @@ def storage_url(storage: optuna.storages.BaseStorage) -> str:
     return str(url)
 
 
-def train_distributed(trial: optuna.Trial, spec: Any, params: dict[str, Any], *, nproc: int, storage: str,
-                      checkpoint_dir: Path | None, skip_steps: set[int]) -> dict[str, Any]:
-    """Train one trial on ``nproc`` ranks; returns the objective's result (rank 0's).
+def train_distributed(objective: Objective, params: dict[str, Any], *, nproc: int, trial: optuna.Trial | None,
+                      pruner: dict[str, Any] | None, storage_url: str | None, emit: Sink | None,
+                      reporter: EmittingReporter, skip_steps: set[int], on_test: bool) -> dict[str, Any]:
+    """Train once on ``nproc`` ranks; returns the objective's result (rank 0's).
 
-    ``storage`` is the storage URL, for rank 0 (``storage_url``).
+    With a ``trial``, rank 0 reports into it on ``storage_url`` (pruned by ``pruner``); without
+    (``search run``), nobody prunes. Rank 0's epochs come back as events to ``emit``.
 
     Raises ``optuna.TrialPruned`` when the ranks pruned it, ``torch.OutOfMemoryError`` when a
     rank ran out of memory, ``TrialFailed`` for any other failure.
     """
-    with tempfile.TemporaryDirectory(prefix=f"search-trial-{trial.number}-") as tmp:
+    if trial is not None and not storage_url:
+        raise TrialFailed("a multi-GPU trial needs the URL of its storage for rank 0")
+    name = f"search-trial-{trial.number}-" if trial is not None else "search-run-"
+    with tempfile.TemporaryDirectory(prefix=name) as tmp:
         folder = Path(tmp)
-        job = {"objective": spec.objective, "metric": spec.metric.name, "pruner": spec.pruner.model_dump(),
-               "params": params, "study": trial.study.study_name, "trial_id": trial._trial_id,
-               "number": trial.number, "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
-               "skip_steps": sorted(skip_steps), "out": str(folder)}
+        job = {"objective": objective.name, "params": params, "on_test": on_test, "skip_steps": sorted(skip_steps),
+               "checkpoint_dir": str(reporter.checkpoint_dir) if reporter.checkpoint_dir else None,
+               "keep_checkpoint": reporter.keep_checkpoint, "resume_any_config": reporter.resume_any_config,
+               "trial": None if trial is None else {"study": trial.study.study_name, "id": trial._trial_id,
+                                                    "number": trial.number, "pruner": pruner or {"type": "NopPruner"}},
+               "out": str(folder)}
         (folder / "job.json").write_text(json.dumps(job))
-        env = {**os.environ, "SEARCH_STORAGE": storage, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if storage_url:
+            env["SEARCH_STORAGE"] = storage_url
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
                    f"--nproc-per-node={nproc}", "-m", "search.cluster.torchrun", str(folder / "job.json")]
-        with open(folder / "stderr.log", "w") as stderr:
+
+        def relay(event: TrialEvent) -> None:  # rank 0's epochs: the steps held, then the caller's sink
+            if event.kind == "epoch" and event.step is not None:
+                reporter.steps.add(event.step)
+            if emit:
+                emit(event)
+
+        with open(folder / "stderr.log", "w") as stderr, follow(folder / EVENTS_FILE, relay):
             proc = subprocess.Popen(command, env=env, stderr=stderr)
             try:
                 code = proc.wait()
@@ -124,14 +148,30 @@ def _root_cause(stderr: str) -> str:
 # --- the ranks' side --------------------------------------------------------------------------
 
 
+def _rank_reporter(job: dict[str, Any], rank: int) -> Reporter:
+    """Rank 0 holds the real trial (the pruner decides there), the others None: every report,
+    should_prune and set_user_attr is a collective. Without a trial, nobody prunes."""
+    from optuna_integration import TorchDistributedTrial
+
+    from search.spec import Component
+    from storage import open_storage
+
+    if job["trial"] is None:
+        return Reporter()
+    real = None
+    if rank == 0:  # the worker asked the trial; rank 0 reports into it
+        study = optuna.load_study(study_name=job["trial"]["study"], storage=open_storage(os.environ["SEARCH_STORAGE"]),
+                                  pruner=Component.model_validate(job["trial"]["pruner"]).build(optuna.pruners))
+        real = optuna.trial.Trial(study, job["trial"]["id"])
+    return TrialReporter(TorchDistributedTrial(real))
+
+
 def _rank_main(job_path: str) -> None:
     import torch
     import torch.distributed as dist
-    from optuna_integration import TorchDistributedTrial
 
-    from objectives import get_objective
-    from search.running.oom import SkipReported
-    from storage import open_storage
+    from objectives import load_objective
+    from search.running.runner import TrialRunner
 
     job = json.loads(Path(job_path).read_text())
     out = Path(job["out"])
@@ -140,16 +180,14 @@ def _rank_main(job_path: str) -> None:
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        real = None
-        if rank == 0:  # the worker asked the trial; rank 0 reports into it (the pruner decides there)
-            pruner = getattr(optuna.pruners, job["pruner"]["type"])(**job["pruner"]["options"])
-            study = optuna.load_study(study_name=job["study"], storage=open_storage(os.environ["SEARCH_STORAGE"]),
-                                      pruner=pruner)
-            real = optuna.trial.Trial(study, job["trial_id"])
-        reporter = _RankReporter(TorchDistributedTrial(real), job["number"], job["metric"], printing=rank == 0)
-        reporter.checkpoint_dir = Path(job["checkpoint_dir"]) if job["checkpoint_dir"] else None
+        inner = _rank_reporter(job, rank)
+        inner.checkpoint_dir = Path(job["checkpoint_dir"]) if job["checkpoint_dir"] else None
+        inner.keep_checkpoint, inner.resume_any_config = job["keep_checkpoint"], job["resume_any_config"]
+        number = job["trial"]["number"] if job["trial"] else None
+        reporter = EmittingReporter(inner, EventFile(out / EVENTS_FILE) if rank == 0 else None, number)
         try:
-            result = get_objective(job["objective"]).train(job["params"], SkipReported(reporter, set(job["skip_steps"])))
+            result = TrialRunner(load_objective(job["objective"])).attempt(
+                job["params"], reporter, skip_steps=set(job["skip_steps"]), on_test=job["on_test"])
             outcome: dict[str, Any] = {"state": COMPLETE, "result": result}
         except optuna.TrialPruned as e:  # raised on every rank together
             outcome = {"state": PRUNED, "reason": str(e)}
@@ -171,19 +209,6 @@ def _rank_main(job_path: str) -> None:
 
 def _jsonable(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else str(value)
-
-
-class _RankReporter(TrialReporter):
-    """Reports into the distributed trial (collectives); rank 0 prints the worker's epoch line."""
-
-    def __init__(self, trial: Any, number: int, metric: str, *, printing: bool) -> None:
-        super().__init__(trial)
-        self.number, self.metric, self.printing = number, metric, printing
-
-    def report(self, value: float, step: int) -> None:
-        super().report(value, step)
-        if self.printing:
-            print(f"trial {self.number} epoch {step}: {self.metric} {value:.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
+from objectives.attributes import TrialAttr
+
 
 def _seconds_per_epoch(trial: FrozenTrial) -> list[float]:
-    return [e["seconds"] for e in trial.user_attrs.get("epochs") or [] if e.get("seconds")]
+    return [e["seconds"] for e in trial.user_attrs.get(TrialAttr.EPOCHS) or [] if e.get("seconds")]
 
 
 def speedups(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
@@ -29,7 +31,7 @@ def speedups(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
         if not epochs:
             continue
         key = repr(sorted(t.params.items()))
-        world = int(t.user_attrs.get("world_size", 1))
+        world = int(t.user_attrs.get(TrialAttr.WORLD_SIZE, 1))
         by_config.setdefault(key, {}).setdefault(world, []).extend(epochs)
         numbers.setdefault(key, {}).setdefault(world, []).append(t.number)
     rows = []
@@ -47,7 +49,7 @@ def speedups(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
 
 def note_lines(trials: list[FrozenTrial]) -> list[str]:
     """The study note's section on multi-GPU trials (nothing when no trial trained data-parallel)."""
-    if not any(int(t.user_attrs.get("world_size", 1)) > 1 for t in trials):
+    if not any(int(t.user_attrs.get(TrialAttr.WORLD_SIZE, 1)) > 1 for t in trials):
         return []
     lines = ["", "### Multi-GPU speed-up (seconds per epoch against 1-GPU trials of the same configuration)", ""]
     rows = speedups(trials)

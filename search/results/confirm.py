@@ -5,7 +5,7 @@ The runs are trials of a companion study, ``<study>.confirm``: each is enqueued 
 (source_trial, seed, fold), so confirmation is resumable (a finished run is never redone), can be
 spread over any number of ``search confirm`` processes on any machines, and a dead worker's run is
 re-queued by the same heartbeat as in the search. The figures are aggregated onto the searched
-study (user attribute ``search:confirmed``), where the note, a plot and ``search export`` show them.
+study (``StudyAttr.CONFIRMED``), where the note, a plot and ``search export`` show them.
 """
 
 from __future__ import annotations
@@ -17,10 +17,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from objectives import TrialReporter, get_objective
-from search.dashboard.report import CONFIRMED_ATTR, ranked, refresh_study
-from search.spec import StudySpec
+from objectives import TrialReporter
+from objectives.attributes import StudyAttr, TrialAttr, TrialSystemAttr
+from search.cluster.torchrun import storage_url
+from search.dashboard.refresh import refresh_study
+from search.results.summary import ranked, trial_params
+from search.running.events import Sink
+from search.running.runner import TrialRunner, trial_checkpoint_dir
 from search.running.worker import MAX_CONSECUTIVE_FAILURES, StopAfterFailures
+from search.spec import StudySpec
 
 FIRST_SEED = 1000  # confirmation seeds differ from the search's (the spec's seed, 42 by default)
 
@@ -31,7 +36,7 @@ def confirm_name(study_name: str) -> str:
 
 def plan(study: optuna.Study, spec: StudySpec, *, top: int, seeds: int) -> list[dict[str, int]]:
     """One run per (top configuration, seed, fold)."""
-    folds = list(getattr(get_objective(spec.objective), "FOLDS", [None]))
+    folds = spec.objective_module.folds
     runs = []
     for trial in ranked(study, spec)[:top]:
         for seed in range(FIRST_SEED, FIRST_SEED + seeds):
@@ -58,26 +63,28 @@ def open_confirm_study(study: optuna.Study, spec: StudySpec, storage: optuna.sto
 def confirm_trial_fixed_params(trial: optuna.Trial) -> dict[str, Any] | None:
     """The run's enqueued (source_trial, seed, fold), or None for a trial nobody enqueued."""
     frozen = trial.study.get_trials(deepcopy=False)[trial.number]
-    return frozen.system_attrs.get("fixed_params")
+    return frozen.system_attrs.get(TrialSystemAttr.FIXED_PARAMS)
 
 
-def _objective(study: optuna.Study, spec: StudySpec, on_run: Any):
-    objective = get_objective(spec.objective)
-
+def _objective(study: optuna.Study, spec: StudySpec, on_run: Any, runner: TrialRunner):
     def run(trial: optuna.Trial) -> float:
         fixed = confirm_trial_fixed_params(trial)
         if fixed is None:
             # Another worker took the last queued run between our check and our ask.
-            trial.set_user_attr("end_reason", "no confirmation run left")
+            trial.set_user_attr(TrialAttr.END_REASON, "no confirmation run left")
             raise optuna.TrialPruned("no confirmation run left")
         source = trial.suggest_int("source_trial", 0, 10**9)
         seed = trial.suggest_int("seed", 0, 2**31 - 1)
-        params = spec.params(study.get_trials(deepcopy=False)[source].params) | {"seed": seed}
+        # What the searched trial really ran with, a new seed, and each fold in turn.
+        params = trial_params(spec, study.get_trials(deepcopy=False)[source]) | {"seed": seed}
         if "fold" in fixed:
             params["fold"] = trial.suggest_int("fold", 0, 10**3)
-        result = objective.train(params, TrialReporter(trial), on_test=True)
+        trial.set_user_attr(TrialAttr.PARAMS, params)
+        reporter = TrialReporter(trial)
+        reporter.checkpoint_dir = trial_checkpoint_dir(trial)
+        result = runner.run(params, reporter, trial=trial, pruner={"type": "NopPruner"}, on_test=True)
         test = result["test"]
-        trial.set_user_attr("test", test)
+        trial.set_user_attr(TrialAttr.TEST, test)
         on_run(trial.number, source, seed, params.get("fold"), test[spec.metric.name])
         return test[spec.metric.name]
 
@@ -89,15 +96,23 @@ def _waiting(confirm: optuna.Study) -> int:
 
 
 def run_confirmations(study: optuna.Study, spec: StudySpec, storage: optuna.storages.BaseStorage,
-                      confirm: optuna.Study, on_run: Any = lambda *a: None) -> None:
-    """Run queued confirmation runs until none is left, then aggregate onto ``study``."""
+                      confirm: optuna.Study, on_run: Any = lambda *a: None, *, gpus_per_trial: int | None = None,
+                      emit: Sink | None = None) -> None:
+    """Run queued confirmation runs until none is left, then aggregate onto ``study``.
+
+    Each run goes through the trial runner as a search trial does: on ``gpus_per_trial`` (default:
+    the spec's) processes, retried at half the micro-batch when it runs out of memory.
+    """
+    nproc = gpus_per_trial or spec.gpus_per_trial
+    runner = TrialRunner(spec.objective_module, nproc=nproc, emit=emit,
+                         storage_url=storage_url(storage) if nproc > 1 else None)
 
     def stop_when_drained(c: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         if not _waiting(c):
             c.stop()
 
     if _waiting(confirm):
-        confirm.optimize(_objective(study, spec, on_run), catch=(Exception,),
+        confirm.optimize(_objective(study, spec, on_run, runner), catch=(Exception,),
                          callbacks=[stop_when_drained, StopAfterFailures(MAX_CONSECUTIVE_FAILURES)])
     aggregate(study, spec, storage, confirm)
 
@@ -116,7 +131,7 @@ def summarize(confirm: optuna.Study, metric: str, n_folds: int) -> dict[str, dic
     mean and standard deviation over seeds, overall and per slice."""
     runs: dict[int, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for t in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        runs[t.params["source_trial"]][t.params["seed"]].append(t.user_attrs["test"])
+        runs[t.params["source_trial"]][t.params["seed"]].append(t.user_attrs[TrialAttr.TEST])
     out = {}
     for source, by_seed in runs.items():
         complete = {seed: tests for seed, tests in by_seed.items() if len(tests) == n_folds}
@@ -149,10 +164,10 @@ def summarize(confirm: optuna.Study, metric: str, n_folds: int) -> dict[str, dic
 
 def aggregate(study: optuna.Study, spec: StudySpec, storage: optuna.storages.BaseStorage,
               confirm: optuna.Study) -> dict[str, dict[str, Any]]:
-    n_folds = len(list(getattr(get_objective(spec.objective), "FOLDS", [None])))
+    n_folds = len(spec.objective_module.folds)
     with storage.study_lock(confirm.study_name):  # re-read and write as one step
         confirmed = summarize(confirm, spec.metric.name, n_folds)
-        if confirmed and confirmed != study.user_attrs.get(CONFIRMED_ATTR):
-            study.set_user_attr(CONFIRMED_ATTR, confirmed)
+        if confirmed and confirmed != study.user_attrs.get(StudyAttr.CONFIRMED):
+            study.set_user_attr(StudyAttr.CONFIRMED, confirmed)
     refresh_study(study, spec, storage)
     return confirmed

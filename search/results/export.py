@@ -1,28 +1,14 @@
-"""What a study has found: state counts, the best trial, and the winner as a runnable config."""
+"""The winner (and the runners-up) as a complete, runnable config: what ``search run`` reads."""
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
 import optuna
 
-from search.dashboard.report import CONFIRMED_ATTR, ranked
+from objectives.attributes import StudyAttr, TrialAttr
+from search.results.summary import ranked, trial_params
 from search.spec import StudySpec
-
-STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
-
-
-def state_counts(study: optuna.Study) -> dict[str, int]:
-    counts = collections.Counter(t.state.name for t in study.get_trials(deepcopy=False))
-    return {state: counts.get(state, 0) for state in STATES}
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
 
 
 def rerun_command(path: str) -> str:
@@ -48,20 +34,20 @@ def export_config(study: optuna.Study, spec: StudySpec, trial: optuna.trial.Froz
         "study": study.study_name,
         "objective": spec.objective,
         "trial": trial.number,
-        "known_config": trial.user_attrs.get("known_config"),
+        "known_config": trial.user_attrs.get(TrialAttr.KNOWN_CONFIG),
         "metric": {
             "name": spec.metric.name,
             "direction": spec.metric.direction,
             "value": value,
-            "split": trial.user_attrs.get("split", "validation"),
-            "n_items": trial.user_attrs.get("n_items"),
+            "split": trial.user_attrs.get(TrialAttr.SPLIT, "validation"),
+            "n_items": trial.user_attrs.get(TrialAttr.N_ITEMS),
         },
         "target": {"value": spec.target.value, "reached": spec.reached(value), "source": spec.target.source},
         "baseline": {"value": spec.baseline.value, "source": spec.baseline.source},
         "references": [line.model_dump(exclude_none=True) for line in spec.references],
-        "slices": {k: v for k, v in trial.user_attrs.items() if k.startswith("per_")},
-        "confirmed": study.user_attrs.get(CONFIRMED_ATTR, {}).get(str(trial.number)),
-        "params": spec.params(trial.params),
+        "slices": {k: v for k, v in trial.user_attrs.items() if k.startswith(TrialAttr.SLICE_PREFIX)},
+        "confirmed": study.user_attrs.get(StudyAttr.CONFIRMED, {}).get(str(trial.number)),
+        "params": trial_params(spec, trial),  # what it ran with, recorded on the trial
         "tuned": sorted(trial.params),
         "rerun": rerun_command(path),
     }

@@ -1,13 +1,17 @@
-"""The worker's live display: a progress bar for the running trial, a line per epoch and trial."""
+"""The worker's live display: a progress bar for the running trial, a line per epoch and trial.
+
+It is a sink of ``TrialEvent``s (``search/running/events.py``): what it prints comes from the same
+events that ``search launch`` reads, never the other way round.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import optuna
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from search.running.events import TrialEvent
 from search.spec import StudySpec
 
 
@@ -38,6 +42,14 @@ class WorkerDisplay:
         t = self.spec.target.value
         return f"best {fmt(value)} / target {t:g}"
 
+    def __call__(self, event: TrialEvent) -> None:
+        if event.kind == "started":
+            self.trial_started(event.trial, event.params)
+        elif event.kind == "epoch":
+            self.on_epoch(event.step, event.value)
+        else:
+            self.trial_ended(event)
+
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
         self._trial = number
         if self._task is not None:
@@ -55,18 +67,13 @@ class WorkerDisplay:
         self.console.print(f"trial {self._trial} epoch {epoch}: {self.spec.metric.name} {value:.4f}  "
                            f"({self._against_target(self.best)})")
 
-    def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        try:
-            self.best = study.best_value
-        except ValueError:  # no completed trial yet
-            pass
-        state = trial.state.name.lower()
-        value = f"{self.spec.metric.name} {trial.value:.4f}" if trial.value is not None else ""
-        if state == "complete":
-            outcome = f"[green]trial {trial.number} complete[/]: {value}"
+    def trial_ended(self, event: TrialEvent) -> None:
+        value = f"{self.spec.metric.name} {event.value:.4f}" if event.value is not None else ""
+        if event.kind == "complete":
+            outcome = f"[green]trial {event.trial} complete[/]: {value}"
         else:
-            reason = trial.user_attrs.get("end_reason", state).removeprefix("pruned ")
-            style = "yellow" if state == "pruned" else "red"
-            outcome = f"[{style}]trial {trial.number} {state}[/] {reason}" + (f" ({value})" if value else "")
+            reason = (event.reason or event.kind).removeprefix("pruned ")
+            style = "yellow" if event.kind == "pruned" else "red"
+            outcome = f"[{style}]trial {event.trial} {event.kind}[/] {reason}" + (f" ({value})" if value else "")
         reached = "  [bold green]target reached" if self.best is not None and self.spec.reached(self.best) else ""
         self.console.print(f"{outcome}  ({self._against_target(self.best)}){reached}")

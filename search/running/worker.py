@@ -6,35 +6,34 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
 
-from objectives import TrialReporter, get_objective
-from objectives._data import checkpoint_root
+from objectives import TrialReporter
+from objectives.attributes import TrialAttr, TrialSystemAttr
+from search.cluster.torchrun import storage_url
+from search.dashboard.refresh import dashboard_callback
 from search.running.budget import StudyBudget
 from search.running.display import WorkerDisplay
-from search.cluster.torchrun import storage_url, train_distributed
-from search.running.oom import SkipReported, train_retrying_oom
-from search.dashboard.refresh import dashboard_callback
+from search.running.events import Sink, TrialEvent, fan_out
+from search.running.runner import TrialRunner, trial_checkpoint_dir
 from search.running.shutdown import STOPPED_REASON, Shutdown, requeue
 from search.spec import StudySpec
-from search.study import build_study, suggest, with_study_baseline
+from search.study import as_recorded, build_study, suggest
 
 MAX_CONSECUTIVE_FAILURES = 3
-WORKER_ATTR = "search:worker"  # system attribute: HOST:PID of the worker running the trial
 
 
 class _DisplayReporter(TrialReporter):
+    """Reports into the trial and moves the display's progress bar at every optimizer step."""
+
     def __init__(self, trial: optuna.Trial, display: WorkerDisplay | None) -> None:
         super().__init__(trial)
         self.display = display
-
-    def report(self, value: float, step: int) -> None:
-        super().report(value, step)
-        if self.display:
-            self.display.on_epoch(step, value)
 
     def on_step(self, epoch: int, step: int, steps_per_epoch: int) -> None:
         if self.display:
@@ -43,12 +42,13 @@ class _DisplayReporter(TrialReporter):
 
 def make_objective(spec: StudySpec, display: WorkerDisplay | None = None, *, gpus_per_trial: int | None = None,
                    shutdown: Shutdown | None = None, budget: StudyBudget | None = None,
-                   storage: optuna.storages.BaseStorage | None = None):
+                   storage: optuna.storages.BaseStorage | None = None, emit: Sink | None = None):
     """The function ``study.optimize`` calls. ``gpus_per_trial`` (default: the spec's) above 1
-    trains each trial data-parallel under torchrun (``search/cluster/torchrun.py``) on ``storage``."""
-    objective = get_objective(spec.objective)
+    trains each trial data-parallel under torchrun (``search/cluster/torchrun.py``) on ``storage``.
+    ``emit`` receives the trial's events (the display is one sink of them)."""
     nproc = gpus_per_trial or spec.gpus_per_trial
-    url = storage_url(storage) if nproc > 1 else None  # where the ranks open the study
+    runner = TrialRunner(spec.objective_module, nproc=nproc, emit=emit,
+                         storage_url=storage_url(storage) if nproc > 1 else None)  # where rank 0 opens the study
 
     def run_trial(trial: optuna.Trial) -> float:
         if budget:
@@ -58,13 +58,13 @@ def make_objective(spec: StudySpec, display: WorkerDisplay | None = None, *, gpu
         try:
             if shutdown:
                 shutdown.check()
-            trial.study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR,
+            trial.study._storage.set_trial_system_attr(trial._trial_id, TrialSystemAttr.WORKER,
                                                        f"{socket.gethostname()}:{os.getpid()}")
             return train_trial(trial)
         except KeyboardInterrupt:
             if shutdown:
                 shutdown.interrupted = trial._trial_id
-            trial.set_user_attr("end_reason", STOPPED_REASON)
+            trial.set_user_attr(TrialAttr.END_REASON, STOPPED_REASON)
             raise
         finally:
             if shutdown:
@@ -72,58 +72,74 @@ def make_objective(spec: StudySpec, display: WorkerDisplay | None = None, *, gpu
 
     def train_trial(trial: optuna.Trial) -> float:
         tuned = suggest(trial, spec)
-        if display:
-            display.trial_started(trial.number, tuned)
+        params = spec.params(tuned)  # resolved once, recorded: what export, confirm and the notes read
+        trial.set_user_attr(TrialAttr.PARAMS, params)
+        if emit:
+            emit(TrialEvent("started", trial.number, params=tuned))
         reporter = _DisplayReporter(trial, display)
-        # A dead worker's trial is re-run as a new trial that names the first one: same folder.
-        system_attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
-        first = system_attrs.get("failed_trial", trial.number)
-        reporter.checkpoint_dir = checkpoint_root() / trial.study.study_name / f"trial-{first}"
-
-        def train(params: dict[str, Any], skip_steps: set[int]) -> dict[str, Any]:
-            if nproc > 1:
-                return train_distributed(trial, spec, params, nproc=nproc, storage=url,
-                                         checkpoint_dir=reporter.checkpoint_dir, skip_steps=skip_steps)
-            return objective.train(params, SkipReported(reporter, skip_steps) if skip_steps else reporter)
-
-        def reported_steps() -> set[int]:
-            return set(trial.study._storage.get_trial(trial._trial_id).intermediate_values)
-
+        reporter.checkpoint_dir = trial_checkpoint_dir(trial)
         try:
-            result = train_retrying_oom(train, spec.params(tuned), reporter, reported_steps)
+            result = runner.run(params, reporter, trial=trial, pruner=spec.pruner.model_dump())
         except optuna.TrialPruned:
             raise
         except Exception as e:
-            trial.set_user_attr("end_reason", f"failed: {type(e).__name__}: {e}"[:500])
+            trial.set_user_attr(TrialAttr.END_REASON, f"failed: {type(e).__name__}: {e}"[:500])
             raise
-        trial.set_user_attr("end_reason", "completed")
+        trial.set_user_attr(TrialAttr.END_REASON, "completed")
         return result[spec.metric.name]
 
     return run_trial
 
 
 class StopAfterFailures:
-    """A worker whose trials keep failing (data gone, a broken spec) stops instead of spinning."""
+    """A worker whose own trials keep failing (data gone, a broken spec) stops instead of spinning.
+
+    Counts this worker's trials only (an optimize callback sees those), so another worker's
+    failures in a shared study neither stop it nor hide its own. ``reason``: why it stopped.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit, self.count = limit, 0
+        self.reason: str | None = None
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.count = self.count + 1 if trial.state == optuna.trial.TrialState.FAIL else 0
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.count = self.count + 1 if trial.state == TrialState.FAIL else 0
         if self.count >= self.limit:
+            self.reason = (f"stopped after {self.limit} failed trials in a row; last: "
+                           f"{trial.user_attrs.get(TrialAttr.END_REASON, 'unknown')}")
             study.stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self.count >= self.limit
+
+
+def announce_end(emit: Sink, display: WorkerDisplay | None):
+    """An optimize callback: the finished trial as an event (the display shows the study's best)."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if display:
+            try:
+                display.best = study.best_value
+            except ValueError:  # no completed trial yet
+                pass
+        kind = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(trial.state, "failed")
+        emit(TrialEvent(kind, trial.number, value=trial.value,
+                        reason=None if kind == "complete" else trial.user_attrs.get(TrialAttr.END_REASON)))
+
+    return callback
 
 
 def prepare(spec: StudySpec) -> None:
     """Load data and model before the storage is touched: a missing dataset or model must not
     leave a study (or an empty journal file) behind. The warm caches then serve every trial."""
-    get_objective(spec.objective).prepare(spec.params({}))
+    spec.objective_module.prepare(spec.params({}))
 
 
 def _tolerant(callback: Any) -> Any:
     """A dashboard update that fails on a storage error is reported, and the worker goes on."""
 
-    def call(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def call(study: optuna.Study, trial: FrozenTrial) -> None:
         try:
             callback(study, trial)
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, OSError) as e:
@@ -133,32 +149,40 @@ def _tolerant(callback: Any) -> Any:
     return call
 
 
+@dataclass
+class WorkerOutcome:
+    """How a worker's run of trials ended."""
+
+    failure_stop: str | None  # why it stopped after consecutive failures of its own trials; None: it did not
+
+
 def run_trials(study: optuna.Study, spec: StudySpec, storage: optuna.storages.BaseStorage, *,
                n_trials: int | None = None, timeout: float | None = None,
                display: WorkerDisplay | None = None, study_budget: int | None = None,
-               gpus_per_trial: int | None = None, shutdown: Shutdown | None = None) -> None:
+               gpus_per_trial: int | None = None, shutdown: Shutdown | None = None,
+               emit: Sink | None = None) -> WorkerOutcome:
     """Run trials until ``n_trials`` (this worker's), ``timeout`` seconds, or a stop.
 
     ``study_budget`` N instead: until the study holds N finished trials, whichever workers ran
     them (``search/running/budget.py``). ``shutdown`` (installed signal handlers): a stop ends the
     running trial FAILED and re-queues it at once. After each trial the worker writes the
-    trial's note and refreshes the study's note and plots for the dashboard (``search.dashboard.report``).
+    trial's note and refreshes the study's note and plots for the dashboard
+    (``search/dashboard/``). Every trial's events go to the display and to ``emit``.
     """
+    sink = fan_out(display, emit)
     failures = StopAfterFailures(MAX_CONSECUTIVE_FAILURES)
-    callbacks: list[Any] = [failures, _tolerant(dashboard_callback(spec, storage))]
-    if display:
-        callbacks.append(display.trial_finished)
+    callbacks: list[Any] = [failures, _tolerant(dashboard_callback(spec, storage)), announce_end(sink, display)]
     budget = StudyBudget(study, storage, study_budget) if study_budget is not None else None
     objective = make_objective(spec, display, gpus_per_trial=gpus_per_trial, shutdown=shutdown, budget=budget,
-                               storage=storage)
+                               storage=storage, emit=sink)
     if shutdown:
         shutdown.study = study
     try:
         if budget is None:
             study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=callbacks)
-            return
+            return WorkerOutcome(failures.reason)
         deadline = time.monotonic() + timeout if timeout else None
-        while failures.count < failures.limit and not (shutdown and shutdown.requested):
+        while not failures.stopped and not (shutdown and shutdown.requested):
             if not budget.admit(deadline=deadline):
                 break
             try:  # the admission lock is held until the trial is asked (released in run_trial)
@@ -169,6 +193,7 @@ def run_trials(study: optuna.Study, spec: StudySpec, storage: optuna.storages.Ba
         if shutdown and shutdown.interrupted is not None:
             requeue(study, shutdown.interrupted)
         raise
+    return WorkerOutcome(failures.reason)
 
 
 def run_worker(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: str | None = None,
@@ -176,6 +201,5 @@ def run_worker(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: s
                display: WorkerDisplay | None = None) -> optuna.Study:
     prepare(spec)
     study, _ = build_study(spec, storage, name=name)
-    spec = with_study_baseline(spec, study)
-    run_trials(study, spec, storage, n_trials=n_trials, timeout=timeout, display=display)
+    run_trials(study, as_recorded(spec, study), storage, n_trials=n_trials, timeout=timeout, display=display)
     return study

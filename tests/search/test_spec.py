@@ -11,7 +11,8 @@ import yaml
 
 from helpers import REPO, known, spec_dict
 from search.spec import SpecError, load_spec, validate
-from search.study import SPEC_ATTR, build_study, spec_diff
+from objectives.attributes import StudyAttr
+from search.study import build_study, spec_diff
 from storage import open_storage
 
 SHIPPED = REPO / "spaces" / "recipe-mpr.yaml"
@@ -128,7 +129,7 @@ def test_study_is_created_once_and_refuses_a_different_spec(tmp_path, tiny_model
     study, created = build_study(spec, storage)
     again, created_again = build_study(spec, storage)
     assert (created, created_again) == (True, False)
-    assert again.user_attrs[SPEC_ATTR] == spec.as_dict()
+    assert again.user_attrs[StudyAttr.SPEC] == spec.as_dict()
     waiting = again.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [t.user_attrs["known_config"] for t in waiting] == ["a", "b"], "enqueued once, by the creator"
     assert [t.system_attrs["fixed_params"] for t in waiting] == [c["params"] for c in configs]
@@ -167,3 +168,28 @@ def test_a_target_to_beat_the_baseline_is_reached_only_by_doing_better():
     assert load_spec(str(SHIPPED)).reached(0.75), "a figure target is reached at the figure"
     measured = spec.with_baseline(0.61, "TF-IDF", {})
     assert (measured.target.value, measured.baseline.value) == (0.61, 0.61)
+
+
+def test_a_study_trains_and_exports_with_the_defaults_it_was_created_with(tmp_path, tiny_model, recipe, monkeypatch):
+    """A default changed in the code after a study was created (a new release) changes neither
+    what new workers train on that study nor what export says a past trial ran."""
+    from search.results.export import export_config
+    from search.running.worker import run_worker
+
+    storage = open_storage(str(tmp_path / "s.journal"))
+    spec = validate(spec_dict("defaults", tiny_model, known=[known("a", 3e-3, 1)]), "defaults.yaml")
+    study = run_worker(spec, storage, n_trials=1)
+    first = study.trials[0]
+    assert study.user_attrs[StudyAttr.DEFAULTS]["per_device_eval_batch_size"] == 32
+    assert first.user_attrs["params"] == spec.params(first.params), "every parameter it ran with, on the trial"
+
+    monkeypatch.setitem(recipe.PARAMS, "per_device_eval_batch_size", 7)  # the code's default changes
+    monkeypatch.setitem(recipe.PARAMS, "max_grad_norm", 0.5)
+    study = run_worker(validate(spec_dict("defaults", tiny_model, known=[known("a", 3e-3, 1)]), "defaults.yaml"),
+                       storage, n_trials=1)
+    second = study.trials[1]
+    assert second.user_attrs["params"]["per_device_eval_batch_size"] == 32, "the study's default, not today's"
+    assert second.user_attrs["params"]["max_grad_norm"] == 1.0
+    exported = export_config(study, spec, first, "best.yaml")
+    assert exported["params"] == first.user_attrs["params"], "export reads what the trial ran with"
+    assert exported["params"]["max_grad_norm"] == 1.0

@@ -17,7 +17,8 @@ import pytest
 import yaml
 from helpers import REPO, ok
 
-from search.dashboard.report import PLOTS, study_note
+from search.dashboard.notes import study_note
+from search.dashboard.plots import PLOTS
 from search.study import recorded_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -187,7 +188,7 @@ def test_confirm_runs_every_fold_once_and_records_what_the_runs_measured(write_s
 def test_references_are_drawn_and_tabulated_beside_target_and_baseline(tiny_model):
     from helpers import spec_dict
 
-    from search.dashboard.report import figures
+    from search.dashboard.plots import figures
     from search.spec import validate
 
     data = spec_dict("refs", tiny_model)
