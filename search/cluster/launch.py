@@ -2,8 +2,9 @@
 
 Each worker is an ordinary ``search worker`` process pinned to its GPUs with
 ``CUDA_VISIBLE_DEVICES`` (an empty value on a machine without GPUs: CPU workers). The launcher
-reads what each worker prints, keeps it in a log file per worker and shows one table: the GPU,
-the pid, the running trial, its epoch and last value, and the restarts.
+keeps what each worker prints in a log file per worker, follows the trial events each worker
+appends to its own events file (``$SEARCH_EVENTS_FILE``, ``search/running/events.py``) and shows
+one table: the GPU, the pid, the running trial, its epoch and last value, and the restarts.
 
 - A worker that dies (killed, crashed) is restarted after a back-off (1, 2, 4, ... 60 s); one
   that keeps dying is given up after ``max_restarts`` restarts. A worker that stops with a user
@@ -35,14 +36,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from search.running.events import ENDED, EVENTS_ENV, TrialEvent, follow
 from search.running.shutdown import LAUNCHER_ENV
 
 USER_ERROR, INTERRUPTED = 2, 130
 MAX_BACKOFF = 60.0
-
-_STARTS = re.compile(r"^trial (\d+) starts")
-_EPOCH = re.compile(r"^trial (\d+) epoch (\d+): \S+ (\S+)")
-_ENDS = re.compile(r"^trial (\d+) (complete|pruned|fail)\b")
 
 
 class LaunchError(Exception):
@@ -102,6 +100,7 @@ class Worker:
     index: int
     devices: str  # CUDA_VISIBLE_DEVICES; "" = CPU
     log_path: Path
+    events_path: Path
     proc: subprocess.Popen | None = None
     restarts: int = 0
     restart_at: float | None = None
@@ -128,7 +127,8 @@ class Launcher:
         self.worker_args, self.storage_url = worker_args, storage_url
         self.max_restarts, self.stop_timeout, self.console = max_restarts, stop_timeout, console
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.workers = [Worker(i, d, log_dir / f"worker-{i}.log") for i, d in enumerate(devices)]
+        self.workers = [Worker(i, d, log_dir / f"worker-{i}.log", log_dir / f"worker-{i}.events.jsonl")
+                        for i, d in enumerate(devices)]
         self.stopping = False
         self._lock = threading.Lock()
 
@@ -136,7 +136,8 @@ class Launcher:
 
     def _start(self, w: Worker) -> None:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": w.devices, "PYTHONUNBUFFERED": "1", "COLUMNS": "200",
-               LAUNCHER_ENV: str(os.getpid())}  # the worker stops cleanly if this process dies
+               LAUNCHER_ENV: str(os.getpid()),  # the worker stops cleanly if this process dies
+               EVENTS_ENV: str(w.events_path)}
         if self.storage_url:
             env["SEARCH_STORAGE"] = self.storage_url
         log = open(w.log_path, "a")
@@ -150,20 +151,25 @@ class Launcher:
         self._say(f"worker {w.index} (GPU {w.gpu}) started: pid {w.proc.pid}, log {w.log_path}")
 
     def _read(self, w: Worker, proc: subprocess.Popen, log) -> None:
-        with log:
+        """Keep the worker's output in its log (its last line says why it stopped); the table
+        follows its events."""
+        with log, follow(w.events_path, lambda event: self._on_event(w, event), from_end=True):
             for line in proc.stdout:
                 log.write(line)
-                line = line.rstrip()
                 if line.strip():
                     w.last_line = line.strip()
-                if m := _STARTS.match(line):
-                    w.trial, w.epoch, w.value = m.group(1), "—", "—"
-                    self._say(f"worker {w.index}: trial {m.group(1)} started")
-                elif m := _EPOCH.match(line):
-                    w.trial, w.epoch, w.value = m.group(1), m.group(2), m.group(3)
-                elif m := _ENDS.match(line):
-                    w.finished += 1
-                    self._say(f"worker {w.index}: {line.strip()}")
+
+    def _on_event(self, w: Worker, event: TrialEvent) -> None:
+        if event.kind == "started":
+            w.trial, w.epoch, w.value = str(event.trial), "—", "—"
+            self._say(f"worker {w.index}: trial {event.trial} started")
+        elif event.kind == "epoch":
+            w.trial, w.epoch, w.value = str(event.trial), str(event.step), f"{event.value:.4f}"
+        elif event.kind in ENDED:
+            w.finished += 1
+            value = f" ({event.value:.4f})" if event.value is not None else ""
+            reason = f": {event.reason}" if event.reason and event.kind != "complete" else ""
+            self._say(f"worker {w.index}: trial {event.trial} {event.kind}{value}{reason}")
 
     def _say(self, text: str) -> None:
         with self._lock:

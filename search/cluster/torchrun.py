@@ -21,7 +21,7 @@ from ``$SEARCH_STORAGE``), the other ranks hold None, and every ``report``, ``sh
 - progress: rank 0 appends its epochs as ``TrialEvent``s to a file in the job folder, which the
   worker follows into its display (``search/running/events.py``); no output is parsed.
 
-The ranks train through the same ``TrialRunner`` as every other run. ``search run`` and ``search
+The ranks train as the ``TrialRunner`` trains in one process (``train_once``). ``search run`` and ``search
 confirm`` use this path too; a run outside a study (``search run``) has no trial: nobody prunes.
 
 On a machine without GPUs the ranks are CPU processes with the gloo backend (how this is tested).
@@ -43,7 +43,7 @@ import optuna
 
 from objectives import Objective, Reporter, TrialReporter
 from search.running.events import EventFile, Sink, TrialEvent, follow
-from search.running.runner import EmittingReporter
+from search.running.reporting import EmittingReporter, train_once
 
 PRUNED, COMPLETE = "pruned", "complete"
 EVENTS_FILE = "events.jsonl"  # rank 0's events, in the job folder
@@ -171,7 +171,6 @@ def _rank_main(job_path: str) -> None:
     import torch.distributed as dist
 
     from objectives import load_objective
-    from search.running.runner import TrialRunner
 
     job = json.loads(Path(job_path).read_text())
     out = Path(job["out"])
@@ -186,8 +185,8 @@ def _rank_main(job_path: str) -> None:
         number = job["trial"]["number"] if job["trial"] else None
         reporter = EmittingReporter(inner, EventFile(out / EVENTS_FILE) if rank == 0 else None, number)
         try:
-            result = TrialRunner(load_objective(job["objective"])).attempt(
-                job["params"], reporter, skip_steps=set(job["skip_steps"]), on_test=job["on_test"])
+            result = train_once(load_objective(job["objective"]), job["params"], reporter,
+                                skip_steps=set(job["skip_steps"]), on_test=job["on_test"])
             outcome: dict[str, Any] = {"state": COMPLETE, "result": result}
         except optuna.TrialPruned as e:  # raised on every rank together
             outcome = {"state": PRUNED, "reason": str(e)}

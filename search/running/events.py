@@ -90,12 +90,13 @@ def from_environment() -> Sink | None:
 
 class follow:  # noqa: N801 - used as a context manager, like open()
     """Hand every event appended to ``path`` to ``sink`` from a background thread, until closed
-    (then the events written up to that moment are all handed over)."""
+    (then the events written up to that moment are all handed over). ``from_end``: only those
+    appended from now on (a restarted worker's file already holds its earlier life)."""
 
-    def __init__(self, path: Path | str, sink: Sink, *, poll_seconds: float = 0.1) -> None:
+    def __init__(self, path: Path | str, sink: Sink, *, poll_seconds: float = 0.1, from_end: bool = False) -> None:
         self.path, self.sink, self.poll_seconds = Path(path), sink, poll_seconds
         self._stop = threading.Event()
-        self._offset = 0
+        self._offset = self.path.stat().st_size if from_end and self.path.exists() else 0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> follow:

@@ -3,7 +3,7 @@
 A configuration whose micro-batch does not fit is not a bad configuration: halving
 ``per_device_train_batch_size`` and doubling ``gradient_accumulation_steps`` trains on the same
 effective batch with half the activation memory. The retry runs in the same worker, once; it is
-recorded on the trial (user attribute ``oom_retry``). When even that does not fit, or the
+recorded on the trial (``TrialAttr.OOM_RETRY``). When even that does not fit, or the
 micro-batch cannot be halved exactly (odd, or 1), the trial fails with the reason and the worker
 goes on with the next trial.
 
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from objectives import Reporter
+from objectives.attributes import TrialAttr
 
 BATCH, ACCUMULATION = "per_device_train_batch_size", "gradient_accumulation_steps"
 
@@ -54,7 +55,7 @@ def train_retrying_oom(train: Callable[[dict[str, Any], set[int]], dict[str, Any
     if smaller is None:
         raise torch.OutOfMemoryError(f"{first_error}; micro-batch {params.get(BATCH)} cannot be halved exactly, "
                                      "so no retry")
-    reporter.set_user_attr("oom_retry", {
+    reporter.set_user_attr(TrialAttr.OOM_RETRY, {
         "error": first_error[:300],
         "from": {BATCH: params[BATCH], ACCUMULATION: params.get(ACCUMULATION, 1)},
         "to": {BATCH: smaller[BATCH], ACCUMULATION: smaller[ACCUMULATION]},
@@ -67,24 +68,3 @@ def train_retrying_oom(train: Callable[[dict[str, Any], set[int]], dict[str, Any
     raise torch.OutOfMemoryError(
         f"out of memory even at micro-batch {smaller[BATCH]} with accumulation {smaller[ACCUMULATION]} "
         f"(the same effective batch as {params[BATCH]} x {params.get(ACCUMULATION, 1)}): {second_error}")
-
-
-class SkipReported(Reporter):
-    """A reporter that does not report again the steps a failed attempt already reported."""
-
-    def __init__(self, inner: Reporter, skip_steps: set[int]) -> None:
-        self.inner, self.skip_steps = inner, skip_steps
-        self.checkpoint_dir = inner.checkpoint_dir
-
-    def report(self, value: float, step: int) -> None:
-        if step not in self.skip_steps:
-            self.inner.report(value, step)
-
-    def should_prune(self) -> bool:
-        return self.inner.should_prune()
-
-    def set_user_attr(self, key: str, value: Any) -> None:
-        self.inner.set_user_attr(key, value)
-
-    def on_step(self, epoch: int, step: int, steps_per_epoch: int) -> None:
-        self.inner.on_step(epoch, step, steps_per_epoch)

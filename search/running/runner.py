@@ -4,11 +4,11 @@
 result. Whoever calls it gets the same behaviour:
 
 - in this process, or on G processes under torchrun (``search/cluster/torchrun.py``) when the
-  trial asks for several GPUs; the ranks train through this same runner (``attempt``);
+  trial asks for several GPUs; each rank trains as one process does (``train_once``);
 - the checkpoint folder of a resumable objective (``checkpoint_dir``: a re-run of a dead worker's
   trial gets its predecessor's);
 - out of memory: once more at half the micro-batch, same effective batch (``search/running/oom.py``);
-- every epoch's value, the start and the end as ``TrialEvent``s to the caller's sink (display,
+- every epoch's value as a ``TrialEvent`` to the caller's sink (the worker's display and
   ``search launch``, the console of ``search run``).
 """
 
@@ -23,33 +23,10 @@ import optuna
 from objectives import Objective, Reporter
 from objectives.attributes import TrialSystemAttr
 from objectives._data import checkpoint_root
-from search.running.events import Sink, TrialEvent
-from search.running.oom import SkipReported, train_retrying_oom
-
-
-class EmittingReporter(Reporter):
-    """Passes everything to ``inner`` and tells ``emit`` of every epoch; remembers the steps reported."""
-
-    def __init__(self, inner: Reporter, emit: Sink | None, trial: int | None) -> None:
-        self.inner, self.emit, self.trial = inner, emit, trial
-        self.checkpoint_dir = inner.checkpoint_dir
-        self.keep_checkpoint, self.resume_any_config = inner.keep_checkpoint, inner.resume_any_config
-        self.steps: set[int] = set()
-
-    def report(self, value: float, step: int) -> None:
-        self.inner.report(value, step)
-        self.steps.add(step)
-        if self.emit:
-            self.emit(TrialEvent("epoch", self.trial, step=step, value=value))
-
-    def should_prune(self) -> bool:
-        return self.inner.should_prune()
-
-    def set_user_attr(self, key: str, value: Any) -> None:
-        self.inner.set_user_attr(key, value)
-
-    def on_step(self, epoch: int, step: int, steps_per_epoch: int) -> None:
-        self.inner.on_step(epoch, step, steps_per_epoch)
+from search.cluster.torchrun import train_distributed
+from search.running.events import Sink
+from search.running.oom import train_retrying_oom
+from search.running.reporting import EmittingReporter, train_once
 
 
 def trial_checkpoint_dir(trial: optuna.Trial) -> Path:
@@ -80,12 +57,10 @@ class TrialRunner:
 
         def attempt(attempt_params: dict[str, Any], skip_steps: set[int]) -> dict[str, Any]:
             if self.nproc > 1:
-                from search.cluster.torchrun import train_distributed
-
                 return train_distributed(self.objective, attempt_params, nproc=self.nproc, trial=trial,
                                          pruner=pruner, storage_url=self.storage_url, emit=self.emit,
                                          reporter=emitting, skip_steps=skip_steps, on_test=on_test)
-            return self.attempt(attempt_params, emitting, skip_steps=skip_steps, on_test=on_test)
+            return train_once(self.objective, attempt_params, emitting, skip_steps=skip_steps, on_test=on_test)
 
         def reported_steps() -> set[int]:
             if trial is None:
@@ -93,10 +68,3 @@ class TrialRunner:
             return set(trial.study._storage.get_trial(trial._trial_id).intermediate_values) | emitting.steps
 
         return train_retrying_oom(attempt, params, emitting, reported_steps)
-
-    def attempt(self, params: dict[str, Any], reporter: Reporter, *, skip_steps: set[int] = frozenset(),
-                on_test: bool = False) -> dict[str, Any]:
-        """One training in this process (a rank's share of it under torchrun); no retry."""
-        return self.objective.train(params, SkipReported(reporter, skip_steps) if skip_steps else reporter,
-                                    on_test=on_test)
-

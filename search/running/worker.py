@@ -19,7 +19,7 @@ from search.cluster.torchrun import storage_url
 from search.dashboard.refresh import dashboard_callback
 from search.running.budget import StudyBudget
 from search.running.display import WorkerDisplay
-from search.running.events import Sink, TrialEvent, fan_out
+from search.running.events import Sink, TrialEvent, fan_out, from_environment
 from search.running.runner import TrialRunner, trial_checkpoint_dir
 from search.running.shutdown import STOPPED_REASON, Shutdown, requeue
 from search.spec import StudySpec
@@ -167,9 +167,10 @@ def run_trials(study: optuna.Study, spec: StudySpec, storage: optuna.storages.Ba
     them (``search/running/budget.py``). ``shutdown`` (installed signal handlers): a stop ends the
     running trial FAILED and re-queues it at once. After each trial the worker writes the
     trial's note and refreshes the study's note and plots for the dashboard
-    (``search/dashboard/``). Every trial's events go to the display and to ``emit``.
+    (``search/dashboard/``). Every trial's events go to the display and to ``emit`` (default: the
+    file ``search launch`` names in ``$SEARCH_EVENTS_FILE``, if any).
     """
-    sink = fan_out(display, emit)
+    sink = fan_out(display, emit or from_environment())
     failures = StopAfterFailures(MAX_CONSECUTIVE_FAILURES)
     callbacks: list[Any] = [failures, _tolerant(dashboard_callback(spec, storage)), announce_end(sink, display)]
     budget = StudyBudget(study, storage, study_budget) if study_budget is not None else None

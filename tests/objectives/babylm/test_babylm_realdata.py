@@ -28,16 +28,17 @@ class Recorder(Reporter):
 def test_a_few_steps_of_ltg_bert_xs_on_the_real_corpus_scored_on_blimp(tmp_path, monkeypatch):
     monkeypatch.setenv("SEARCH_DATA_DIR", str(real_data()))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # train the tokenizer here, for real
-    from objectives import _mlm, babylm
+    from objectives import babylm
+    from objectives.babylm import mlm
 
     params = {**babylm.PARAMS, "model_size": "xs", "vocab_size": 4096, "max_steps": 6, "eval_steps": 6,
               "per_device_train_batch_size": 8, "warmup_ratio": 0.0, "blimp_pairs_per_paradigm": 1,
               "dev_max_sequences": 32, "mixed_precision": "no"}
     babylm.prepare(params)
-    files = _mlm.corpus_files("train.txt", role="train")
-    tokenizer = _mlm.load_tokenizer(files, 4096, 10)
-    assert tokenizer.get_vocab_size() == 4096 and tokenizer.token_to_id("[MASK]") == _mlm.MASK
-    assert _mlm.tokenizer_path(files, 4096, 10).is_relative_to(tmp_path)
+    files = mlm.corpus_files("train.txt", role="train")
+    tokenizer = mlm.load_tokenizer(files, 4096, 10)
+    assert tokenizer.get_vocab_size() == 4096 and tokenizer.token_to_id("[MASK]") == mlm.MASK
+    assert mlm.tokenizer_path(files, 4096, 10).is_relative_to(tmp_path)
 
     recorder = Recorder()
     result = babylm.train(params, recorder)

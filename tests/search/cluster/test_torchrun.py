@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers import REPO, known, ok
-from objectives.engine.loop import predict
+from objectives.engine import predict
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -81,7 +81,7 @@ def test_the_note_shows_the_speedup_against_1_gpu_trials_of_the_same_configurati
     from optuna.distributions import FloatDistribution
     from optuna.trial import create_trial
 
-    from search import scaling
+    from search.dashboard import scaling
 
     def trial(lr: float, seconds: list[float], world: int | None, number: int):
         attrs = {"epochs": [{"epoch": i + 1, "seconds": s} for i, s in enumerate(seconds)], "device": "cuda"}

@@ -294,7 +294,7 @@ def test_a_crowd_finishing_together_renders_the_note_once_per_wave_and_misses_no
 
     from optuna_dashboard import get_note
 
-    from search import dashboard_refresh
+    from search.dashboard import refresh as dashboard_refresh
     from search.dashboard.notes import study_note
     from search.spec import validate
     from search.study import build_study
