@@ -250,6 +250,22 @@ def test_a_non_finite_loss_prunes_the_trial_with_the_reason(faulty_run):
     assert faulty_run.trial("after").state.name == "COMPLETE", "the worker went on"
 
 
+def test_confirmation_retries_out_of_memory_as_the_search_does(faulty_run, cli_env):
+    """Confirmation trains through the same trial runner: a run that does not fit is retried at
+    half the micro-batch, on every fold, and recorded so."""
+    store = faulty_run.store
+    result = subprocess.run(command("confirm", "--study", faulty_run.name, "--storage", store.url, "--top", "2",
+                                    "--seeds", "1"), cwd=faulty_run.spec_path.parent, env={**cli_env, **FAULTS},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    halved = faulty_run.trial("fits-halved")
+    runs = [t for t in store.trials(f"{faulty_run.name}.confirm") if t.params.get("source_trial") == halved.number]
+    assert sorted(t.params["fold"] for t in runs) == [0, 1, 2, 3, 4] and {t.state.name for t in runs} == {"COMPLETE"}
+    for run in runs:
+        assert run.user_attrs["oom_retry"]["to"] == {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2}
+        assert run.user_attrs["params"]["per_device_train_batch_size"] == 16, "it ran the searched configuration"
+
+
 # --- the study-wide budget, in this process -----------------------------------------------------
 
 
