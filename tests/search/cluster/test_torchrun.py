@@ -55,6 +55,13 @@ def test_a_multi_gpu_trial_completes_prunes_and_fails_on_all_ranks_together(pg_s
     # The worker printed rank 0's epochs and went on after the failure.
     assert "trial 0 epoch 1: accuracy" in result.stdout and "trial 2 fail" in result.stdout
 
+    # Confirmation trains through the same runner: on two ranks too, every fold scored whole.
+    ok(cli("confirm", "--study", name, "--storage", store.url, "--top", "1", "--seeds", "1", timeout=600))
+    runs = store.trials(f"{name}.confirm")
+    assert len(runs) == 5 and {t.state.name for t in runs} == {"COMPLETE"}
+    assert {t.user_attrs["world_size"] for t in runs} == {2}
+    assert sum(t.user_attrs["test"]["n_items"] for t in runs) == 500, "each fold's 100 test items once"
+
 
 def test_evaluation_under_ddp_counts_every_item_once(tiny_model, recipe, tmp_path, cli_env):
     """79 items on 2 ranks: DistributedSampler pads one duplicate; the gathered logits are the
