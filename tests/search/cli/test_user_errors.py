@@ -70,6 +70,13 @@ CASES = {
                                  ("no study", "nope")),
     "export-unknown-study": Case(lambda s, f, e: ["export", "--study", s.name("nope"), "--storage", s.url,
                                                   "-o", str(f / "out.yaml")], ("no study", "nope")),
+    "status-bad-format": Case(lambda s, f, e: ["status", "--study", s.name("prune"), "--storage", s.url,
+                                               "--format", "yaml"], ("--format 'yaml'", "expected 'table' or 'json'")),
+    "studies-bad-format": Case(lambda s, f, e: ["studies", "--storage", s.url, "--format", "JSON"],
+                               ("--format 'JSON'", "expected 'table' or 'json'")),
+    "export-bad-format": Case(lambda s, f, e: ["export", "--study", s.name("prune"), "--storage", s.url,
+                                               "-o", str(f / "out.yaml"), "--format", "yml"],
+                              ("--format 'yml'", "expected 'table' or 'json'")),
     "missing-data": Case(bad_spec(lambda s: None), ("recipe-mpr data not found", "SEARCH_DATA_DIR", "empty"),
                          env=lambda folder: {"SEARCH_DATA_DIR": str(folder / "empty")}),
 }

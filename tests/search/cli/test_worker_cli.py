@@ -6,6 +6,7 @@ Each test trains the tiny BERT on the real Recipe-MPR data through the CLI, in s
 from __future__ import annotations
 
 import collections
+import json
 import re
 import signal
 import time
@@ -13,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from helpers import FINISHED, known, ok, trials_started
+from helpers import FINISHED, REPO, known, ok, trials_started
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -70,10 +71,10 @@ def test_export_then_run_reproduces_config_and_metric(pruned_study, cli, tmp_pat
     store, name = pruned_study.store, pruned_study.name
     best = next(t for t in store.trials(name) if t.state.name == "COMPLETE")
 
-    status = ok(cli("status", "--study", name, "--storage", store.url)).stdout
-    assert re.search(r"│\s*1\s*│\s*1\s*│\s*0\s*│\s*0\s*│\s*0\s*│", status), "complete pruned fail running waiting"
-    assert re.search(rf"best \(trial {best.number}, validation\)\s*│\s*{best.value:.4f}\s*│\s*{best.value - 0.75:+.4f}", status)
-    assert re.search(r"│ target\s*│\s*0\.7500", status) and re.search(r"│ baseline\s*│\s*0\.6940\s*│\s*-0\.0560", status)
+    status = json.loads(ok(cli("status", "--study", name, "--storage", store.url, "--format", "json")).stdout)
+    assert status["trials"] == {"complete": 1, "pruned": 1, "fail": 0, "running": 0, "waiting": 0}
+    assert (status["best"]["number"], status["best"]["value"]) == (best.number, best.value)
+    assert status["target"]["value"] == 0.75 and status["baseline"]["value"] == 0.694
 
     exported = ok(cli("export", "--study", name, "--storage", store.url, "-o", "best.yaml"))
     record = yaml.safe_load((tmp_path / "best.yaml").read_text())
@@ -113,15 +114,29 @@ def test_export_then_run_reproduces_config_and_metric(pruned_study, cli, tmp_pat
 def test_studies_lists_the_specs_and_the_stored_studies(pruned_study, cli, tmp_path):
     store, name = pruned_study.store, pruned_study.name
     best = max(t.value for t in store.trials(name) if t.state.name == "COMPLETE")
-    out = ok(cli("studies", "--storage", store.url)).stdout
-    for spec in ("recipe-mpr", "lyrics-genre", "ag-news", "aste-14res", "babylm"):
-        assert re.search(rf"^│ {spec}\s*│", out, flags=re.M), f"spec {spec} not listed:\n{out}"
-    assert re.search(r"│ recipe-mpr\s*│ recipe_mpr\s*│ accuracy \(maximize\)\s*│ 0\.75\s*│ 0\.694\s*│", out), out
-    assert re.search(rf"│ {name}\s*│\s*2\s*│\s*1\s*│\s*{best:.4f}\s*│\s*0\.75\s*│", out), out
+    listed = json.loads(ok(cli("studies", "--storage", store.url, "--format", "json")).stdout)
+    specs = {s["spec"]: s for s in listed["specs"]}
+    assert {"recipe-mpr", "lyrics-genre", "ag-news", "aste-14res", "babylm"} <= set(specs)
+    searched = list(yaml.safe_load((REPO / "spaces" / "recipe-mpr.yaml").read_text())["space"])
+    assert specs["recipe-mpr"] == {"spec": "recipe-mpr", "objective": "recipe_mpr",
+                                   "metric": {"name": "accuracy", "direction": "maximize"},
+                                   "target": {"value": 0.75, "beat_baseline": False},
+                                   "baseline": {"value": 0.694, "computed": False}, "searched": searched}
+    assert specs["lyrics-genre"]["target"] == {"value": None, "beat_baseline": True}
+    assert specs["lyrics-genre"]["baseline"] == {"value": None, "computed": True}
+    (study,) = [s for s in listed["studies"] if s["study"] == name]
+    first = min(t.datetime_start for t in store.trials(name))
+    assert study == {"study": name, "metric": {"name": "accuracy", "direction": "maximize"}, "trials": 2,
+                     "complete": 1, "best": best, "target": 0.75, "created": f"{first:%Y-%m-%dT%H:%M:%S}+00:00"}
+    # The table shows the same figures, a study to a line.
+    (row,) = [line for line in ok(cli("studies", "--storage", store.url)).stdout.splitlines() if f" {name} " in line]
+    assert [cell.strip() for cell in row.split("│")[2:7]] == ["2", "1", f"{best:.4f}", "0.75", f"{first:%Y-%m-%d %H:%M}"]
 
     # Nothing run yet on this machine: the specs, a hint, and no store created by looking.
     fresh = ok(cli("studies", env={"XDG_DATA_HOME": str(tmp_path / "fresh")})).stdout
     assert "recipe-mpr" in fresh and "no studies in" in fresh and "yet" in fresh
+    fresh = json.loads(ok(cli("studies", "--format", "json", env={"XDG_DATA_HOME": str(tmp_path / "fresh")})).stdout)
+    assert fresh["studies"] == [] and fresh["storage"] == str(tmp_path / "fresh" / "search" / "studies.journal")
     missing = cli("status", "--study", name, "--storage", str(tmp_path / "typo.journal"))
     assert missing.returncode == 2 and "no such journal file" in missing.stderr
     assert not (tmp_path / "fresh").exists() and not (tmp_path / "typo.journal").exists()

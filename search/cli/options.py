@@ -1,0 +1,63 @@
+"""The options several commands share, declared once (``typing.Annotated`` aliases), and what
+turns their values into objects: the same flag reads and behaves the same in every command."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from search.spec import SpecError
+from storage import mask_url, resolve_url
+
+Spec = Annotated[str, typer.Option("--study", help="Spec name in spaces/ (or a spec YAML path).")]
+Study = Annotated[str, typer.Option("--study", help="Study name in storage.")]
+Storage = Annotated[str | None, typer.Option(
+    "--storage", show_default=False,
+    help="Storage URL (postgresql+psycopg2://... or a .journal file); default $SEARCH_STORAGE, else the embedded store.")]
+Set = Annotated[list[str] | None, typer.Option(
+    "--set", show_default=False, help="KEY=VALUE: pin a parameter in the study being created.")]
+Name = Annotated[str | None, typer.Option("--name", help="Study name in storage (default: the spec's name).")]
+GpusPerTrial = Annotated[int | None, typer.Option(
+    "--gpus-per-trial", min=1, help="GPUs per trial (default: the spec's resources.gpus_per_trial, else 1).")]
+NTrials = Annotated[int | None, typer.Option(
+    "--n-trials", min=1, help="Finished trials the whole study should hold; every worker stops then "
+    "(default: the workers run until stopped).")]
+Timeout = Annotated[float | None, typer.Option("--timeout", help="Start no trial after this many seconds.")]
+
+FORMATS = ("table", "json")
+
+
+def _check_format(value: str) -> str:
+    """A bad --format is bad input like any other: one line, exit 2 (not click's usage panel)."""
+    from search.cli import CommandError
+
+    if value not in FORMATS:
+        raise CommandError(f"--format {value!r}: expected {' or '.join(repr(f) for f in FORMATS)}")
+    return value
+
+
+Format = Annotated[str, typer.Option(
+    "--format", metavar="table|json", callback=_check_format,
+    help="table: for people; json: one JSON object on stdout, for programs (its shape: above).")]
+
+
+def parse_sets(values: list[str] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as parameters; values read as YAML (``1e-4`` is a float)."""
+    out = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def open_store(storage: str | None, *, create: bool = True) -> tuple[Any, str]:
+    """The storage ``--storage`` names and its URL as it may be shown (password masked);
+    ``create=False`` for commands that only read: a store that does not exist is NoStore."""
+    from storage import open_storage  # imported late: keeps `search --help` fast
+
+    url = resolve_url(storage)
+    return open_storage(url, create=create), mask_url(url)

@@ -1,0 +1,178 @@
+"""The commands that run trials: one worker here (``worker``), K per GPU on this machine
+(``launch``), or one per GPU on every node of a SLURM job (``slurm``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from objectives.attributes import TrialAttr
+from search.cli import CommandError
+from search.cli.options import (
+    GpusPerTrial,
+    Name,
+    NTrials,
+    Set,
+    Spec,
+    Storage,
+    Timeout,
+    open_store,
+    parse_sets,
+)
+from search.cli.render import console, err_console
+from search.spec import load_spec, names_a_file, spec_path
+from storage import resolve_url
+
+
+def worker_args(study: str, sets: list[str] | None, *, name: str | None, n_trials: int | None,
+                gpus_per_trial: int | None, timeout: float | None = None) -> list[str]:
+    """The ``search worker`` arguments of the workers that ``launch`` and ``slurm`` start: their
+    --n-trials counts the whole study's trials, and a spec file is named by its absolute path,
+    since a worker may start in another directory or on another node (a spec name stays a name)."""
+    spec = str(spec_path(study).resolve()) if names_a_file(study) else study
+    args = ["--study", spec, *(a for item in sets or [] for a in ("--set", item))]
+    args += ["--name", name] if name else []
+    args += ["--n-trials", str(n_trials), "--budget", "study"] if n_trials else []
+    args += ["--timeout", str(timeout)] if timeout else []
+    args += ["--gpus-per-trial", str(gpus_per_trial)] if gpus_per_trial else []
+    return args
+
+
+def worker(
+    study: Spec,
+    storage: Storage = None,
+    n_trials: Annotated[int | None, typer.Option(
+        "--n-trials", help="Trials this worker runs, then stops (with --budget study: finished trials in the "
+        "whole study).")] = None,
+    timeout: Timeout = None,
+    set_: Set = None,
+    name: Name = None,
+    budget: Annotated[str, typer.Option(
+        "--budget", help="What --n-trials counts: 'worker' (trials this worker runs) or 'study' (finished trials "
+        "in the whole study, all workers together).")] = "worker",
+    gpus_per_trial: GpusPerTrial = None,
+) -> None:
+    """Run trials of a study; creates the study from its spec on first use."""
+    from search.results.summary import best_trial, state_counts
+    from search.running.display import WorkerDisplay
+    from search.running.shutdown import LAUNCHER_ENV, Shutdown
+    from search.running.worker import MAX_CONSECUTIVE_FAILURES, prepare, run_trials
+    from search.study import as_recorded, build_study
+
+    if budget not in ("worker", "study"):
+        raise CommandError(f"--budget {budget!r}: expected 'worker' or 'study'")
+    if budget == "study" and n_trials is None:
+        raise CommandError("--budget study needs --n-trials N (the number of finished trials the study should hold)")
+    shutdown = Shutdown().install()  # Ctrl-C / SIGTERM: the running trial fails and is re-queued at once
+    if os.environ.get(LAUNCHER_ENV):  # started by `search launch`: stop when it dies
+        shutdown.stop_with_parent(int(os.environ.pop(LAUNCHER_ENV)))
+    spec = load_spec(study, parse_sets(set_))
+    prepare(spec)
+    opened, where = open_store(storage)
+    result, _ = build_study(spec, opened, name=name)
+    spec = as_recorded(spec, result)
+    console.print(f"study [bold]{result.study_name}[/] ({spec.objective}) on {where}: "
+                  f"{spec.metric.name} target {spec.target.value:g}, baseline {spec.baseline.value:g}")
+    with WorkerDisplay(spec, console) as display:
+        run_trials(result, spec, opened, n_trials=None if budget == "study" else n_trials, timeout=timeout,
+                   display=display, study_budget=n_trials if budget == "study" else None,
+                   gpus_per_trial=gpus_per_trial, shutdown=shutdown)
+    if shutdown.requested:
+        raise KeyboardInterrupt  # stopped between trials: main() says "stopped", exit 130
+    trials = result.get_trials(deepcopy=False)
+    tail = trials[-MAX_CONSECUTIVE_FAILURES:]
+    if len(tail) == MAX_CONSECUTIVE_FAILURES and all(t.state.name == "FAIL" for t in tail):
+        err_console.print(f"error: stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row; last: "
+                          f"{tail[-1].user_attrs.get(TrialAttr.END_REASON, 'unknown')}")
+        raise typer.Exit(1)
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in state_counts(result).items() if n)
+    best = best_trial(result)
+    best_text = f"best {best.value:.4f} (trial {best.number})" if best else "no completed trial yet"
+    console.print(f"worker done. {result.study_name}: {counts}; {best_text}, target {spec.target.value:g}. "
+                  f"Details: search status --study {result.study_name}")
+
+
+def launch(
+    study: Spec,
+    gpus: Annotated[str, typer.Option(
+        "--gpus", help="GPU ids (0,1,2,3), 'all' (detected; none found: CPU workers) or 'none' (CPU workers).")] = "all",
+    per_gpu: Annotated[int, typer.Option(
+        "--per-gpu", min=1, help="Workers per GPU (per group of --gpus-per-trial GPUs; without GPUs: the number "
+        "of CPU workers).")] = 1,
+    storage: Storage = None,
+    n_trials: NTrials = None,
+    timeout: Timeout = None,
+    set_: Set = None,
+    name: Name = None,
+    gpus_per_trial: GpusPerTrial = None,
+    max_restarts: Annotated[int, typer.Option(
+        "--max-restarts", min=0, help="Restarts of a worker that keeps dying.")] = 5,
+    stop_timeout: Annotated[float, typer.Option(
+        "--stop-timeout", help="Seconds a stopping worker gets before SIGKILL.")] = 60.0,
+    log_dir: Annotated[Path | None, typer.Option(
+        "--log-dir", help="Worker logs (default: $XDG_STATE_HOME/search/launch/STUDY).")] = None,
+) -> None:
+    """Start K workers per GPU, show their progress, restart dead ones, stop all cleanly on Ctrl-C."""
+    from search.cluster.launch import Launcher, LaunchError, parse_gpus, slots
+
+    spec = load_spec(study, parse_sets(set_))
+    try:
+        found = parse_gpus(gpus)
+        per_trial = gpus_per_trial or spec.gpus_per_trial
+        devices = slots(found, gpus_per_trial=per_trial, per_gpu=per_gpu)
+    except LaunchError as e:
+        raise CommandError(str(e)) from None
+    _, where = open_store(storage)  # a storage that does not open is one line now, not one per worker
+    args = worker_args(study, set_, name=name, n_trials=n_trials, gpus_per_trial=gpus_per_trial, timeout=timeout)
+    study_name = name or spec.name
+    state_home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    folder = log_dir or state_home / "search" / "launch" / study_name
+    on = f"GPUs {', '.join(sorted(set(devices)))}" if found else "no GPU: CPU workers"
+    budget = f"until the study holds {n_trials} finished trials" if n_trials else "until Ctrl-C"
+    console.print(f"launching {len(devices)} workers for study {study_name} on {where} ({on}), {budget}; "
+                  f"logs in {folder}", soft_wrap=True)
+    code = Launcher(args, devices, storage_url=resolve_url(storage), log_dir=folder, max_restarts=max_restarts,
+                    stop_timeout=stop_timeout, console=console).run()
+    raise typer.Exit(code)
+
+
+def slurm(
+    study: Spec,
+    nodes: Annotated[int, typer.Option("--nodes", min=1, help="Nodes of the job.")],
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", min=1, help="GPUs used on every node.")],
+    time_limit: Annotated[str | None, typer.Option(
+        "--time", help="Job time limit, HH:MM:SS (default: the partition's).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Script to write (default: search-STUDY.sbatch).")] = None,
+    n_trials: NTrials = None,
+    set_: Set = None,
+    name: Name = None,
+    gpus_per_trial: GpusPerTrial = None,
+    partition: Annotated[str | None, typer.Option("--partition", help="SLURM partition.")] = None,
+) -> None:
+    """Write an sbatch script: one worker per GPU on every node; the storage URL comes from
+    $SEARCH_STORAGE when the job runs and is never written into the script."""
+    from search.cluster.slurm import SlurmError, sbatch_script
+
+    spec = load_spec(study, parse_sets(set_))
+    args = worker_args(study, set_, name=name, n_trials=n_trials, gpus_per_trial=gpus_per_trial)
+    study_name = name or spec.name
+    per_trial = gpus_per_trial or spec.gpus_per_trial
+    try:
+        script = sbatch_script(job_name=f"search-{study_name}", nodes=nodes, gpus_per_node=gpus_per_node,
+                               gpus_per_trial=per_trial, time_limit=time_limit, worker_args=args, workdir=Path.cwd(),
+                               partition=partition)
+    except SlurmError as e:
+        raise CommandError(str(e)) from None
+    path = output or Path(f"search-{study_name}.sbatch")
+    try:
+        path.write_text(script)
+    except OSError as e:
+        raise CommandError(f"cannot write {path}: {e.strerror or e}") from None
+    workers = nodes * gpus_per_node // per_trial
+    console.print(f"wrote {path}: {nodes} node(s) x {gpus_per_node} GPUs, {workers} workers on study {study_name}. "
+                  f"Submit with: export SEARCH_STORAGE=postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB; "
+                  f"sbatch {path}", soft_wrap=True)
