@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 import yaml
@@ -49,8 +51,10 @@ def test_a_worker_runs_an_aste_trial_and_stores_f1_per_epoch(aste_spec, cli, tmp
     assert attrs["data_dev"]["parse_length_differs"] == 56 and attrs["data_train"]["sentences"] == 32
     assert attrs["n_items"] == 310 and attrs["end_reason"] == "completed"
 
-    status = ok(cli("status", "--study", store.name("aste"), "--storage", str(journal)))
-    assert "Span-ASTE" in status.stdout and "0.719" in status.stdout
+    status = json.loads(ok(cli("status", "--study", store.name("aste"), "--storage", str(journal),
+                               "--format", "json")).stdout)
+    span = next(line for line in status["references"] if line["name"] == "Span-ASTE")
+    assert (span["metric"], span["value"], span["best"]) == ("f1", 0.719, trial.value)
 
     # Confirmation re-trains the winner with a new seed and scores the whole test split.
     ok(cli("confirm", "--study", store.name("aste"), "--storage", str(journal), "--top", "1", "--seeds", "1"))

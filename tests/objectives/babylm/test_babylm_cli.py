@@ -80,10 +80,14 @@ def test_a_killed_workers_trial_resumes_from_its_checkpoint_and_reports_every_ev
     assert [e["step"] for e in attrs["epochs"]] == list(range(4, 41, 4)) and all("dev_loss" in e for e in attrs["epochs"])
     assert len(attrs["step_log"]["loss"]) == 40 and "stretches" in attrs["warning_signs"]
 
-    status = ok(cli("status", "--study", "babylm-kill", "--storage", store.url, env=env)).stdout
-    assert re.search(rf"loss goal \(dev_loss\)\s*│\s*2\.5\s*│\s*{attrs['dev_loss']:.4g}\s*│", status), status
-    assert re.search(r"LTG-BERT strict-small \(published\)\s*│\s*0\.6060", status), status
-    assert re.search(r"│ island_effects\s*│\s*[0-9.]+\s*│\s*\d+\s*│", status), "per-phenomenon slices"
+    status = json.loads(ok(cli("status", "--study", "babylm-kill", "--storage", store.url, "--format", "json",
+                               env=env)).stdout)
+    references = {line["name"]: line for line in status["references"]}
+    assert references["loss goal"] == {"name": "loss goal", "metric": "dev_loss", "value": 2.5,
+                                       "source": references["loss goal"]["source"], "best": attrs["dev_loss"]}
+    published = references["LTG-BERT strict-small (published)"]
+    assert (published["metric"], published["value"], published["best"]) == ("blimp", 0.606, retry.value)
+    assert status["best"]["slices"]["per_phenomenon"] == attrs["per_phenomenon"], "per-phenomenon slices"
 
 
 def test_search_run_keeps_its_checkpoint_and_resume_continues_with_new_hyperparameters(cli, env, tmp_path):
