@@ -96,7 +96,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     import objectives._models as models
     import objectives.recipe_mpr as recipe
     import search.running.worker as worker
-    from search.cli import _parse_sets
+    from search.cli.options import parse_sets
     from search.running.display import WorkerDisplay
     from search.spec import load_spec
     from storage import mask_url, open_storage
@@ -260,7 +260,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     # Batch size and accumulation pinned (to the seed baseline's 8 x 1) so that every trial's first
     # optimizer step does the same work; --set changes them.
     overrides = {"model_name_or_path": args.model, "num_train_epochs": args.epochs,
-                 "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, **_parse_sets(args.sets)}
+                 "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, **parse_sets(args.sets)}
     spec = load_spec("recipe-mpr", overrides)
     name = f"bench-overhead-{kind}-{uuid.uuid4().hex[:8]}"
     console = (Console(stderr=True) if args.live

@@ -14,24 +14,17 @@ An objective knows nothing of storages or the CLI.
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
 
 from objectives.contract import Objective, ObjectiveModule, Reporter, SetupError, TrialReporter
 
 #: The built-in tasks, by the name a spec's ``objective:`` gives.
 OBJECTIVES = ("ag_news", "aste", "babylm", "lyrics_genre", "recipe_mpr")
 
-__all__ = ["OBJECTIVES", "Objective", "ObjectiveModule", "Reporter", "SetupError", "TrialReporter", "get_objective",
-           "load_objective"]
-
-
-def get_objective(name: str) -> ModuleType:
-    """The built-in objective's module (its own names, for tests and benchmarks)."""
-    if name not in OBJECTIVES:
-        raise SetupError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})")
-    return importlib.import_module(f"objectives.{name}")
+__all__ = ["OBJECTIVES", "Objective", "ObjectiveModule", "Reporter", "SetupError", "TrialReporter", "load_objective"]
 
 
 def load_objective(name: str) -> Objective:
     """The objective a spec names, its contract checked (``SetupError`` in one line otherwise)."""
-    return Objective.from_module(name, get_objective(name))
+    if name not in OBJECTIVES:
+        raise SetupError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})")
+    return Objective.from_module(name, importlib.import_module(f"objectives.{name}"))

@@ -153,5 +153,3 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
             out[name] = trial.suggest_categorical(name, param.choices)
     return out
 
-
-with_study_baseline = as_recorded  # transitional name, removed once the CLI calls as_recorded

@@ -7,33 +7,44 @@ show in ``render``. Here: the app, and how a user's mistake ends (one line, exit
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
-from objectives import SetupError
-from search.spec import SpecError
-from search.study import StudyNotFound
-from storage import StorageError
-
-
-class CommandError(Exception):
-    """Anything else a user can cause (a busy port, an unwritable file): one line, exit 2."""
-
-
-USER_ERRORS = (SpecError, SetupError, StorageError, StudyNotFound, CommandError)
-
-# The command modules raise CommandError: imported once it exists.
 from search.cli import dashboard, results, running
+from search.cli.errors import USER_ERRORS, CommandError
 from search.cli.render import err_console
+
+__all__ = ["USER_ERRORS", "CommandError", "app", "main"]
+
+STOPPED = 130  # the exit code of a command stopped by Ctrl-C or SIGTERM
+
+
+def _stoppable(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Ctrl-C or SIGTERM (raised as KeyboardInterrupt) ends a command with "stopped", exit 130
+    (typer would otherwise turn it into a silent exit)."""
+
+    @functools.wraps(command)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            err_console.print("stopped")
+            raise typer.Exit(STOPPED) from None
+
+    return call
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter search for transformer training, on Optuna.")
 for command in (running.worker, running.launch, running.slurm, results.status, results.export, results.run,
                 results.studies, results.confirm, dashboard.dashboard):
-    app.command()(command)
+    app.command()(_stoppable(command))
 
 
 def main() -> None:
@@ -47,9 +58,9 @@ def main() -> None:
     except USER_ERRORS as e:
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # between commands' code and typer (while parsing, say)
         err_console.print("stopped")
-        sys.exit(130)
+        sys.exit(STOPPED)
 
 
 if __name__ == "__main__":

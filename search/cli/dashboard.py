@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from search.cli import CommandError
+from search.cli.errors import CommandError
 from search.cli.options import Storage, open_store
 from search.cli.render import console
 

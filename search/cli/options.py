@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from search.cli.errors import CommandError
 from search.spec import SpecError
 from storage import mask_url, resolve_url
 
@@ -31,7 +32,6 @@ FORMATS = ("table", "json")
 
 def _check_format(value: str) -> str:
     """A bad --format is bad input like any other: one line, exit 2 (not click's usage panel)."""
-    from search.cli import CommandError
 
     if value not in FORMATS:
         raise CommandError(f"--format {value!r}: expected {' or '.join(repr(f) for f in FORMATS)}")

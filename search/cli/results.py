@@ -10,10 +10,13 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from objectives import Reporter, get_objective
-from search.cli import CommandError, render
-from search.cli.options import Format, Storage, Study, open_store
+from objectives import Objective, Reporter, load_objective
+from search.cli import render
+from search.cli.errors import CommandError
+from search.cli.options import Format, GpusPerTrial, Storage, Study, open_store
 from search.cli.render import console
+from search.running.events import TrialEvent
+from search.running.runner import TrialRunner
 from search.spec import SpecError, spaces_dir
 from search.study import StudyNotFound
 from storage import NoStore, mask_url, resolve_url
@@ -103,17 +106,18 @@ def studies(storage: Storage = None, format_: Format = "table") -> None:
         render.studies(record)
 
 
-class _ConsoleReporter(Reporter):
-    def report(self, value: float, step: int) -> None:
-        console.print(f"epoch {step}: {value:.4f}")
+def _print_epoch(event: TrialEvent) -> None:
+    if event.kind == "epoch":
+        console.print(f"epoch {event.step}: {event.value:.4f}")
 
 
-def _checkpointing(reporter: Reporter, name: str, objective: Any, folder: Path | None, resume: bool) -> None:
+def _checkpointing(reporter: Reporter, objective: Objective, folder: Path | None, resume: bool) -> None:
     """Point the run at its checkpoint folder: a new run needs an empty one, --resume a checkpoint."""
     from objectives.engine.checkpoint import has_checkpoint, read_summary
 
-    if not getattr(objective, "RESUMABLE", False):
-        raise CommandError(f"objective {name} does not checkpoint: --checkpoint-dir and --resume need one that does")
+    if not objective.resumable:
+        raise CommandError(f"objective {objective.name} does not checkpoint: --checkpoint-dir and --resume need one "
+                           "that does")
     if folder is None:
         raise CommandError("--resume needs --checkpoint-dir DIR, the folder of the run to continue")
     if resume and not has_checkpoint(folder):
@@ -138,8 +142,14 @@ def run(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run checkpointed in --checkpoint-dir, with this file's hyperparameters "
         "(weights, optimizer moments and step carry over).")] = False,
+    gpus_per_trial: Annotated[int, typer.Option(
+        "--gpus-per-trial", min=1, help="Train data-parallel on this many GPUs (processes under torchrun).")] = 1,
 ) -> None:
-    """One training run from an exported configuration; no study needed."""
+    """One training run from an exported configuration; no study needed.
+
+    It trains as a trial of the search does (the same trial runner): on one process or
+    --gpus-per-trial under torchrun, retried at half the micro-batch when it runs out of memory.
+    """
     try:
         record = yaml.safe_load(config.read_text())
         if rank > 1:
@@ -150,18 +160,19 @@ def run(
                         f"{type(e).__name__}: {e}") from None
     if not isinstance(params, dict):
         raise SpecError(f"{config}: params: expected a mapping of parameter names to values")
-    objective = get_objective(objective_name)
-    unknown = set(params) - set(objective.PARAMS)
+    objective = load_objective(objective_name)
+    unknown = set(params) - set(objective.params)
     if unknown:
         raise SpecError(f"{config}: params.{sorted(unknown)[0]}: not a parameter of objective {objective_name}")
-    params = {**objective.PARAMS, **params}  # a hand-trimmed config runs with the objective's defaults
-    reporter = _ConsoleReporter()
+    params = {**objective.params, **params}  # a hand-trimmed config runs with the objective's defaults
+    reporter = Reporter()
     if checkpoint_dir is not None or resume:
-        _checkpointing(reporter, objective_name, objective, checkpoint_dir, resume)
+        _checkpointing(reporter, objective, checkpoint_dir, resume)
     objective.prepare(params)
     start = time.perf_counter()
-    result = objective.train(params, reporter, on_test=on_test)
-    render.run_result(f"{config} ({objective_name}, {time.perf_counter() - start:.0f} s)", objective.METRIC,
+    runner = TrialRunner(objective, nproc=gpus_per_trial, emit=_print_epoch)
+    result = runner.run(params, reporter, on_test=on_test)
+    render.run_result(f"{config} ({objective_name}, {time.perf_counter() - start:.0f} s)", objective.metric,
                       result, record)
 
 
@@ -170,10 +181,13 @@ def confirm(
     top: Annotated[int, typer.Option("--top", min=1, help="How many of the best configurations to confirm.")] = 3,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="New seeds per configuration.")] = 3,
     storage: Storage = None,
+    gpus_per_trial: GpusPerTrial = None,
 ) -> None:
     """Re-train the top configurations with new seeds on every fold; score held-out test items.
 
-    Resumable, and several processes (on several GPUs or machines) share the runs.
+    Resumable, and several processes (on several GPUs or machines) share the runs. Each run trains
+    as a trial of the search does: on the spec's GPUs per trial (or --gpus-per-trial), retried at
+    half the micro-batch when it runs out of memory.
     """
     from search.results.confirm import open_confirm_study, plan, run_confirmations
     from search.results.summary import best_trial
@@ -195,5 +209,5 @@ def confirm(
         fold_text = f" fold {fold}" if fold is not None else ""
         console.print(f"run {number}: trial {source} seed {seed}{fold_text}: test {spec.metric.name} {value:.4f}")
 
-    run_confirmations(found, spec, opened, confirm_study, on_run)
+    run_confirmations(found, spec, opened, confirm_study, on_run, gpus_per_trial=gpus_per_trial)
     render.confirmed(found, spec)

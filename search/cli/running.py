@@ -9,8 +9,7 @@ from typing import Annotated
 
 import typer
 
-from objectives.attributes import TrialAttr
-from search.cli import CommandError
+from search.cli.errors import CommandError
 from search.cli.options import (
     GpusPerTrial,
     Name,
@@ -59,7 +58,7 @@ def worker(
     from search.results.summary import best_trial, state_counts
     from search.running.display import WorkerDisplay
     from search.running.shutdown import LAUNCHER_ENV, Shutdown
-    from search.running.worker import MAX_CONSECUTIVE_FAILURES, prepare, run_trials
+    from search.running.worker import prepare, run_trials
     from search.study import as_recorded, build_study
 
     if budget not in ("worker", "study"):
@@ -77,16 +76,13 @@ def worker(
     console.print(f"study [bold]{result.study_name}[/] ({spec.objective}) on {where}: "
                   f"{spec.metric.name} target {spec.target.value:g}, baseline {spec.baseline.value:g}")
     with WorkerDisplay(spec, console) as display:
-        run_trials(result, spec, opened, n_trials=None if budget == "study" else n_trials, timeout=timeout,
-                   display=display, study_budget=n_trials if budget == "study" else None,
-                   gpus_per_trial=gpus_per_trial, shutdown=shutdown)
+        outcome = run_trials(result, spec, opened, n_trials=None if budget == "study" else n_trials,
+                             timeout=timeout, display=display, study_budget=n_trials if budget == "study" else None,
+                             gpus_per_trial=gpus_per_trial, shutdown=shutdown)
     if shutdown.requested:
         raise KeyboardInterrupt  # stopped between trials: main() says "stopped", exit 130
-    trials = result.get_trials(deepcopy=False)
-    tail = trials[-MAX_CONSECUTIVE_FAILURES:]
-    if len(tail) == MAX_CONSECUTIVE_FAILURES and all(t.state.name == "FAIL" for t in tail):
-        err_console.print(f"error: stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row; last: "
-                          f"{tail[-1].user_attrs.get(TrialAttr.END_REASON, 'unknown')}")
+    if outcome.failure_stop:  # this worker's own trials, whatever other workers of the study did
+        err_console.print(f"error: {outcome.failure_stop}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in state_counts(result).items() if n)
     best = best_trial(result)

@@ -17,6 +17,7 @@ from optuna_dashboard import get_note
 from helpers import REPO, Recording, ok, shared_data
 from objectives import SetupError
 from search.spec import load_spec
+from storage import open_storage
 
 SHIPPED = REPO / "spaces" / "lyrics-genre.yaml"
 FIVE = ["hip_hop", "country", "rnb", "rock", "pop"]
@@ -209,7 +210,7 @@ def test_worker_stores_the_computed_baseline_once_and_status_export_confirm_show
 
     worker = ok(cli("worker", "--study", str(path), "--storage", str(journal), "--n-trials", "1"))
     assert worker.stderr == ""
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    storage = open_storage(str(journal))  # the service's store: it holds the study lock the worker takes
     study = optuna.load_study(study_name="lyrics-e2e", storage=storage)
     stored = study.user_attrs["search:baseline"]
     expected = lyrics.compute_baseline(load_spec(str(path)).params({}))

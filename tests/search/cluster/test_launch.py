@@ -59,6 +59,9 @@ def test_launch_restarts_a_dead_worker_and_stops_every_worker_cleanly(pg_store, 
     assert time.monotonic() - stop_sent < 60, "stopped at once, not after a heartbeat grace period"
     assert launch.returncode == 130, f"stdout:\n{out}\nstderr:\n{err}"
     assert "died (exit -9); restart 1 of 1" in out and "stopping 2 workers" in out
+    assert "worker 0 stopped (exit 130)" in out and "worker 1 stopped (exit 130)" in out
+    for log in (tmp_path / "logs").glob("worker-*.log"):
+        assert log.read_text().rstrip().endswith("stopped"), "each worker says it stopped, last"
 
     trials = pg_store.trials(name)
     # The SIGKILLed worker could not clean up: its trial waits for the heartbeat's grace period.
