@@ -58,7 +58,7 @@ def measure(config: str, *, model: str, steps: int, batch_size: int, threads: in
 
     torch.set_num_threads(threads)
     from objectives import aste
-    from objectives.engine.loop import _to, device
+    from objectives.engine import device, to_device
 
     dev = device()
     span = 8 if config == "d2e2s-span8" else 6
@@ -74,7 +74,7 @@ def measure(config: str, *, model: str, steps: int, batch_size: int, threads: in
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
 
     def step(batch: dict) -> None:
-        batch = _to(batch, dev)
+        batch = to_device(batch, dev)
         if config == "encoder-only":
             loss = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state.mean()
         else:

@@ -65,6 +65,11 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         self._grace_period = grace_period
         self._stale_callback = heartbeat_stale_trial_callback
 
+    @property
+    def url(self) -> str:
+        """What ``open_storage`` opens this store with again (another process: a torchrun rank)."""
+        return self.path
+
     def study_lock(self, study_name: str, *, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
         """The study's lock, for a read-modify-write of its attributes across processes: yields
         True when held; with ``wait=False`` yields False at once while another process holds it."""

@@ -21,7 +21,7 @@ from search.spec import SpecError, StudySpec, available_specs, load_spec
 def status_record(study: optuna.Study, spec: StudySpec, where: str) -> dict[str, Any]:
     """A study at a glance: trials by state, the best trial against the target, the baseline
     and the spec's reference figures."""
-    from search.results.summary import best_trial, state_counts, trial_params
+    from search.summary import best_trial, state_counts, trial_params
 
     best = best_trial(study)
     return {

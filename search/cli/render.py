@@ -48,7 +48,7 @@ def print_json(record: dict[str, Any]) -> None:
 
 def slices_table(attrs: dict[str, Any], metric: str) -> Table | None:
     """The trial's (or run's) per-slice figures of ``metric`` as a table."""
-    from search.results.summary import slice_attr, slices
+    from search.summary import slice_attr, slices
 
     found = slice_attr(attrs)
     if found is None:

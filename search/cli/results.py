@@ -63,7 +63,7 @@ def export(
     others (with --top K: the next K-1 configurations, each such a record).
     """
     from search.results.export import export_top
-    from search.results.summary import best_trial
+    from search.summary import best_trial
     from search.study import load_study
 
     opened, where = open_store(storage, create=False)
@@ -190,7 +190,7 @@ def confirm(
     half the micro-batch when it runs out of memory.
     """
     from search.results.confirm import open_confirm_study, plan, run_confirmations
-    from search.results.summary import best_trial
+    from search.summary import best_trial
     from search.running.worker import prepare
     from search.study import load_study
 

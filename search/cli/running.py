@@ -55,7 +55,7 @@ def worker(
     gpus_per_trial: GpusPerTrial = None,
 ) -> None:
     """Run trials of a study; creates the study from its spec on first use."""
-    from search.results.summary import best_trial, state_counts
+    from search.summary import best_trial, state_counts
     from search.running.display import WorkerDisplay
     from search.running.shutdown import LAUNCHER_ENV, Shutdown
     from search.running.worker import prepare, run_trials

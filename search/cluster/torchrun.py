@@ -56,14 +56,6 @@ class TrialFailed(Exception):
 # --- the worker's side ------------------------------------------------------------------------
 
 
-def storage_url(storage: optuna.storages.BaseStorage) -> str:
-    """The URL the ranks open the study's storage with (never put on a command line)."""
-    url = getattr(storage, "url", None) or getattr(storage, "path", None)
-    if not url:
-        raise TrialFailed(f"a multi-GPU trial needs a storage the ranks can open; {type(storage).__name__} has no URL")
-    return str(url)
-
-
 def train_distributed(objective: Objective, params: dict[str, Any], *, nproc: int, trial: optuna.Trial | None,
                       pruner: dict[str, Any] | None, storage_url: str | None, emit: Sink | None,
                       reporter: EmittingReporter, skip_steps: set[int], on_test: bool) -> dict[str, Any]:

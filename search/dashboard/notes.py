@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from objectives.attributes import StudyAttr, TrialAttr, TrialSystemAttr
 from objectives.engine.steplog import describe
 from search.dashboard import scaling
-from search.results.summary import baseline_params, duration, end_reason, ranked, seconds, slices
+from search.summary import baseline_params, duration, end_reason, ranked, seconds, slices
 from search.spec import Line, StudySpec
 
 TOP = 5

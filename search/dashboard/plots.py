@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 
 from objectives.attributes import StudyAttr
 from search.dashboard.notes import same_metric_references
-from search.results.summary import ranked, seconds, slices
+from search.summary import ranked, seconds, slices
 from search.spec import StudySpec
 
 PLOTS = ("best-so-far", "best-vs-training-time", "slices", "stopped", "confirmed")

@@ -19,9 +19,8 @@ from optuna.trial import TrialState
 
 from objectives import TrialReporter
 from objectives.attributes import StudyAttr, TrialAttr, TrialSystemAttr
-from search.cluster.torchrun import storage_url
 from search.dashboard.refresh import refresh_study
-from search.results.summary import ranked, trial_params
+from search.summary import ranked, trial_params
 from search.running.events import Sink
 from search.running.runner import TrialRunner, trial_checkpoint_dir
 from search.running.worker import MAX_CONSECUTIVE_FAILURES, StopAfterFailures
@@ -105,7 +104,7 @@ def run_confirmations(study: optuna.Study, spec: StudySpec, storage: optuna.stor
     """
     nproc = gpus_per_trial or spec.gpus_per_trial
     runner = TrialRunner(spec.objective_module, nproc=nproc, emit=emit,
-                         storage_url=storage_url(storage) if nproc > 1 else None)
+                         storage_url=storage.url if nproc > 1 else None)
 
     def stop_when_drained(c: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
         if not _waiting(c):

@@ -7,7 +7,7 @@ from typing import Any
 import optuna
 
 from objectives.attributes import StudyAttr, TrialAttr
-from search.results.summary import ranked, trial_params
+from search.summary import ranked, trial_params
 from search.spec import StudySpec
 
 

@@ -15,7 +15,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from objectives import TrialReporter
 from objectives.attributes import TrialAttr, TrialSystemAttr
-from search.cluster.torchrun import storage_url
 from search.dashboard.refresh import dashboard_callback
 from search.running.budget import StudyBudget
 from search.running.display import WorkerDisplay
@@ -48,7 +47,7 @@ def make_objective(spec: StudySpec, display: WorkerDisplay | None = None, *, gpu
     ``emit`` receives the trial's events (the display is one sink of them)."""
     nproc = gpus_per_trial or spec.gpus_per_trial
     runner = TrialRunner(spec.objective_module, nproc=nproc, emit=emit,
-                         storage_url=storage_url(storage) if nproc > 1 else None)  # where rank 0 opens the study
+                         storage_url=storage.url if nproc > 1 else None)  # where rank 0 opens the study
 
     def run_trial(trial: optuna.Trial) -> float:
         if budget:

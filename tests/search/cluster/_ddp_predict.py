@@ -11,7 +11,7 @@ import torch.distributed as dist
 from transformers import AutoModelForMultipleChoice
 
 from objectives import recipe_mpr
-from objectives.engine.loop import predict
+from objectives.engine import predict
 from objectives._models import load_model
 
 
