@@ -42,20 +42,57 @@ def resolve_url(url: str | None) -> str:
     return url or os.environ.get(DEFAULT_ENV) or default_url()
 
 
+PLACEHOLDER_PASSWORD = "change-me"  # .env.example's: a store left with it is open to anyone who read the example
+
+
 def mask_url(url: str) -> str:
-    if "://" not in url or url.startswith("journal://"):
-        return url
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-        # Without a password the URL is shown as given (rendering would escape a SQLite path).
-        return url if parsed.password is None else parsed.render_as_string(hide_password=True)
-    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
-        # Unparseable: still hide whatever sits between "://user:" and "@".
-        scheme, rest = url.split("://", 1)
-        if "@" in rest:
-            creds, host = rest.rsplit("@", 1)
-            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-        return url
+    """The URL as it may be shown: every password replaced by ``***``: after ``user:`` (also when
+    it holds an unencoded ``@``, or the URL lacks its scheme) and in a ``password=`` query."""
+    if url.startswith("journal://") or ("://" not in url and Path(url).suffix in JOURNAL_SUFFIXES):
+        return url  # a journal file path: nothing secret in it
+    scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)
+    base, qmark, query = rest.partition("?")
+    if "@" in base:
+        creds, host = base.rsplit("@", 1)
+        if ":" in creds:
+            base = f"{creds.split(':', 1)[0]}:***@{host}"
+    if qmark:
+        query = "&".join(f"{part.split('=', 1)[0]}=***" if part.split("=", 1)[0].lower() == "password" else part
+                         for part in query.split("&"))
+    return f"{scheme}{sep}{base}{qmark}{query}"
+
+
+def url_passwords(url: str) -> list[str]:
+    """Every password the URL holds, in whichever form (for scrubbing messages that may echo them)."""
+    scheme_less = url.partition("://")[2] if "://" in url else url
+    base, _, query = scheme_less.partition("?")
+    found = []
+    if "@" in base:
+        creds = base.rsplit("@", 1)[0]
+        if ":" in creds:
+            found.append(creds.split(":", 1)[1])
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key.lower() == "password" and value:
+            found.append(value)
+    from urllib.parse import unquote
+
+    found += [unquote(p) for p in found]
+    return sorted({p for p in found if p}, key=len, reverse=True)
+
+
+def check_url(url: str) -> None:
+    """Refuse, in one line, a URL whose password would be misread or is the example's placeholder."""
+    if "://" not in url and mask_url(url) != url:
+        raise StorageError(f"storage {mask_url(url)}: a URL without its scheme; give {SUPPORTED}")
+    if "://" in url and not url.startswith(("journal://", "sqlite:")):
+        base = url.partition("://")[2].partition("?")[0]
+        if base.count("@") > 1:
+            raise StorageError(f"storage {mask_url(url)}: more than one '@' before the host: "
+                               "write an '@' of the password as %40")
+    if PLACEHOLDER_PASSWORD in url_passwords(url):
+        raise StorageError(f"storage {mask_url(url)}: the password is the placeholder of .env.example; "
+                           "set POSTGRES_PASSWORD in .env (and the URL) to a password of your own")
 
 
 def with_driver(url: str) -> str:
@@ -106,9 +143,10 @@ def open_storage(url: str | None = None, *, create: bool = True) -> Storage:
     Only stores whose ``study_lock`` excludes every worker are opened: any other database is
     refused here, before its driver is imported or anything is created."""
     url = resolve_url(url)
+    check_url(url)
     path = _journal_path(url)
     if not create and path is not None and path.suffix in JOURNAL_SUFFIXES and not path.exists():
-        raise NoStore(f"storage {url}: no such journal file (the first `search worker` on it creates it)")
+        raise NoStore(f"storage {mask_url(url)}: no such journal file (the first `search worker` on it creates it)")
     if path is None:
         dialect = _dialect(with_driver(url))
         if dialect not in LOCKING_DIALECTS:
@@ -134,14 +172,14 @@ def _open(url: str) -> Storage:
     path = _journal_path(url)
     if path is not None:
         if path.suffix not in JOURNAL_SUFFIXES:
-            raise StorageError(f"storage {url!r}: not a storage URL; give {SUPPORTED}")
+            raise StorageError(f"storage {mask_url(url)!r}: not a storage URL; give {SUPPORTED}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             return HeartbeatJournalStorage(
                 str(path), heartbeat_interval=interval, grace_period=grace, heartbeat_stale_trial_callback=retry
             )
         except OSError as e:
-            raise StorageError(f"storage {url}: cannot open journal file: {e.strerror or e}") from None
+            raise StorageError(f"storage {mask_url(url)}: cannot open journal file: {e.strerror or e}") from None
     url = with_driver(url)
     engine_kwargs: dict = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 1800}
     if url.startswith("postgresql"):
@@ -169,8 +207,6 @@ def application_name() -> str:
 
 
 def _scrub(text: str, url: str) -> str:
-    try:
-        password = sqlalchemy.engine.make_url(url).password
-    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
-        password = None
-    return text.replace(password, "***") if password else text
+    for password in url_passwords(url):
+        text = text.replace(password, "***")
+    return text

@@ -23,7 +23,7 @@ from search.cli.options import (
 )
 from search.cli.render import console, err_console
 from search.spec import load_spec, names_a_file, spec_path
-from storage import resolve_url
+from storage import DEFAULT_ENV, mask_url, resolve_url
 
 
 def worker_args(study: str, sets: list[str] | None, *, name: str | None, n_trials: int | None,
@@ -122,6 +122,11 @@ def launch(
     except LaunchError as e:
         raise CommandError(str(e)) from None
     _, where = open_store(storage)  # a storage that does not open is one line now, not one per worker
+    if storage and mask_url(storage) != storage:
+        # This process's command line is readable by every user of the machine (ps); its workers
+        # get the URL through their environment only.
+        err_console.print(f"warning: --storage shows its password to other users of this machine (ps); "
+                          f"set {DEFAULT_ENV} instead", soft_wrap=True)
     args = worker_args(study, set_, name=name, n_trials=n_trials, gpus_per_trial=gpus_per_trial, timeout=timeout)
     study_name = name or spec.name
     state_home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
