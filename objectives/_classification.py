@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification
 
 from objectives._data import cached, tokenizer_digest
-from objectives.engine.loop import TrainingArguments, autocast_dtype, device, fit, predict
+from objectives.engine import TrainingArguments, autocast_dtype, device, fit, predict
 from objectives._models import load_model, load_tokenizer
 from objectives.contract import Reporter
 

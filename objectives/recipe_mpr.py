@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForMultipleChoice
 
 from objectives._data import cached, file_digest, task_files, tokenizer_digest
-from objectives.engine.loop import TrainingArguments, fit, predict
+from objectives.engine import TrainingArguments, fit, predict
 from objectives._models import load_model, load_tokenizer
 from objectives.contract import Reporter, SetupError
 

@@ -34,7 +34,7 @@ from transformers import AutoModel
 from objectives.aste.evaluation import Triplet, micro_scores, triplet_scores
 from objectives.aste.d2e2s import IGNORE, POLARITIES, SPAN_TYPES, D2E2S, D2E2SConfig
 from objectives._data import task_files
-from objectives.engine.loop import TrainingArguments, _to, autocast_dtype, device, fit
+from objectives.engine import TrainingArguments, autocast_dtype, device, fit, to_device
 from objectives._models import load_model, load_tokenizer
 from objectives.contract import Reporter, SetupError
 
@@ -275,7 +275,7 @@ def predict(model: D2E2S, sentences: tuple[Sentence, ...], *, batch_size: int, p
     for first in range(0, len(sentences), batch_size):
         batch = collate(list(sentences[first: first + batch_size]), pad_id=pad_id)
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            extraction = model.extract(**_to(batch, dev))
+            extraction = model.extract(**to_device(batch, dev))
         per = [{"aspect": set(), "opinion": set(), "triplets": set()} for _ in range(len(batch["word_mask"]))]
         sentence, span = extraction.span_types.nonzero(as_tuple=True)
         starts, ends = extraction.spans(span)

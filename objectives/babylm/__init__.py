@@ -33,7 +33,7 @@ import transformers
 from objectives.babylm import blimp
 from objectives.engine import checkpoint
 from objectives.babylm import mlm
-from objectives.engine.loop import TrainingArguments, fit
+from objectives.engine import TrainingArguments, fit
 from objectives.babylm.ltg_bert import PRESETS, LtgBertConfig, LtgBertForMaskedLM
 from objectives.contract import Reporter, SetupError
 

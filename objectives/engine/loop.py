@@ -1,19 +1,29 @@
-"""The training loop every objective shares: seed, optimise, evaluate each epoch, report.
+"""The training loop every objective shares: seed, optimise, evaluate each epoch, report, prune.
 
-Argument names follow ``transformers.TrainingArguments`` so a config reads like a HF run.
 The loop is plain torch: dynamic padding comes from the objective's collate function, mixed
-precision from ``torch.autocast``, and the loss stays on the device until the epoch ends
-(one host sync per epoch, none per step).
+precision from ``torch.autocast`` (``precision.py``), the optimizer and schedule from
+``optim.py``, and the loss stays on the device until an evaluation (one host sync per
+evaluation, none per step). Data parallelism is ``ddp.py``: a no-op outside a process group.
 
-Options for long pre-training runs (BabyLM), each off by default: ``max_steps``, LAMB
-(``optim``), a cosine schedule with a floor, evaluation every ``eval_steps`` optimizer steps,
-a per-step log of loss and gradient norm with the seed's warning signs (``logging_steps``), and
-resumable checkpoints (``save_strategy``). What a resumed run carries over: the weights, the
-optimizer moments, the gradient scaler, the step count, the evaluations so far and the step log;
-with the same configuration also the scheduler, the data order and every random-number state
-(it continues exactly); with new hyperparameters (``Reporter.resume_any_config``) the optimizer
-takes the new learning rate, decay and betas, the schedule is the new one positioned at the saved
-step, and the data continue in the saved epoch's order after as many examples as were seen.
+Pre-training runs (BabyLM) switch on more, each off by default and absent from a fine-tuning run
+(nothing of it is built, nothing of it runs per step): ``max_steps``, LAMB and cosine schedules
+(``optim.py``), evaluation every ``eval_steps`` optimizer steps (``EvaluationSchedule``), a
+per-step log of loss and gradient norm with the seed's warning signs (``logging_steps``,
+``steplog.py``), and resumable checkpoints (``save_strategy``, ``checkpoint.RunCheckpoint``, which
+says what a resumed run carries over).
+
+Why not ``accelerate`` (measured by bench/accelerate_overhead.py, figures in bench/RESULTS.md):
+what ``Accelerator`` would replace here is small (moving the model and batches, autocast and the
+gradient scaler, the DDP wrapper and ``no_sync``: some 20 lines), and not what needs code: its
+``save_state`` keeps the states of model, optimizer, schedule, scaler and random generators, but
+where the run stands in its epoch, the evaluations so far, the step log and a resume with new
+hyperparameters would still be ours (``checkpoint.py`` stays), as would gathering predictions in
+dataset order (``ddp.py``). Its state is
+process-wide: a second trial in the same worker with another ``mixed_precision`` is refused
+unless a private reset runs before every trial. It costs 0.16 s of import per worker and 9 ms of
+``Accelerator()`` + ``prepare()`` per trial, and trains no faster (the engine ran 1.03x an
+accelerate loop on the same MiniLM batches). So it is no dependency; the benchmarks'
+``transformers.Trainer`` sides need it (the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -22,9 +32,8 @@ import itertools
 import json
 import math
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import optuna
@@ -32,152 +41,20 @@ import torch
 import transformers
 from torch.utils.data import DataLoader
 
-from objectives.engine import checkpoint
-from objectives.engine import ddp
-from objectives.engine import faults
-from objectives.engine.lamb import Lamb
-from objectives.contract import Reporter, SetupError
-from objectives.engine.steplog import StepLog, compact, warning_signs
+from objectives.attributes import TrialAttr
+from objectives.contract import Reporter
+from objectives.engine import checkpoint, ddp, faults, optim, precision
+from objectives.engine.arguments import TrainingArguments
+from objectives.engine.steplog import StepLog
 
-
-@dataclass(kw_only=True)
-class TrainingArguments:
-    learning_rate: float
-    num_train_epochs: int
-    per_device_train_batch_size: int
-    per_device_eval_batch_size: int = 32
-    gradient_accumulation_steps: int = 1
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0  # of all optimizer steps; used when warmup_steps is 0 (as in HF)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
-    seed: int = 42
-    # Long pre-training runs (BabyLM); every default keeps the behaviour above.
-    max_steps: int = -1  # > 0: train this many optimizer steps, repeating epochs as needed (HF)
-    optim: str = "adamw"  # adamw | lamb
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    lr_scheduler_type: str = "linear"  # linear | cosine | cosine_with_min_lr (HF names)
-    min_lr_rate: float = 0.0  # cosine_with_min_lr: the floor, a fraction of learning_rate
-    eval_strategy: str = "epoch"  # epoch | steps: every eval_steps optimizer steps and at the end
-    eval_steps: int = 0
-    save_strategy: str = "no"  # no, or eval_strategy: a checkpoint after each evaluation
-    logging_steps: int = 0  # > 0: log loss and gradient norm per step, stored every k steps
-    spike_threshold: float = 0.3  # warning signs in that log (seed guide 002)
-    spike_window: int = 20
-    grad_norm_threshold: float = 3.0
-
-    def __post_init__(self) -> None:
-        choices = {"optim": ("adamw", "lamb"), "lr_scheduler_type": ("linear", "cosine", "cosine_with_min_lr"),
-                   "eval_strategy": ("epoch", "steps"), "save_strategy": ("no", self.eval_strategy)}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        if self.eval_strategy == "steps" and self.eval_steps < 1:
-            raise ValueError("eval_strategy steps needs eval_steps >= 1")
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> TrainingArguments:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast_dtype(mixed_precision: str, dev: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a setting on a device; None means fp32.
-
-    ``auto`` is bf16 on GPUs that have it, else fp16 on GPU, and fp32 on CPU (CPU autocast
-    pays only on chips with bf16 units; ask for ``bf16`` explicitly there). fp16 needs CUDA.
-    """
-    if mixed_precision not in {"auto", "no", "bf16", "fp16"}:
-        raise ValueError(f"mixed_precision must be auto, no, bf16 or fp16, not {mixed_precision!r}")
-    if dev.type != "cuda":
-        return torch.bfloat16 if mixed_precision == "bf16" else None
-    if mixed_precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision]
-
-
-def _to(batch: Mapping[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
-
-
-def _optimizer(model: torch.nn.Module, args: TrainingArguments) -> torch.optim.Optimizer:
-    # No weight decay on biases and norm weights (every parameter with fewer than 2 dims), nor on
-    # what the model names in ``no_weight_decay()`` (timm's convention; LTG-BERT: embeddings).
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if p.ndim >= 2 and n not in skip]
-    no_decay = [p for n, p in named if p.ndim < 2 or n in skip]
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    betas = (args.adam_beta1, args.adam_beta2)
-    if args.optim == "lamb":
-        return Lamb(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon)
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=betas, eps=args.adam_epsilon,
-                             fused=device().type == "cuda")
-
-
-def _scheduler(optimizer: torch.optim.Optimizer, args: TrainingArguments, warmup: int, total: int) -> Any:
-    extra = {"min_lr_rate": args.min_lr_rate} if args.lr_scheduler_type == "cosine_with_min_lr" else None
-    return transformers.get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
-                                      num_training_steps=total, scheduler_specific_kwargs=extra)
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, loader: DataLoader, dtype: torch.dtype | None) -> torch.Tensor:
-    """Logits for every example of ``loader``, in order, on the CPU."""
-    dev = next(model.parameters()).device
-    model.eval()
-    out = []
-    # In a process group each rank scores its shard; the gathered logits drop the padding.
-    for batch in ddp.shard(loader) if ddp.active() else loader:
-        batch.pop("labels", None)
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            out.append(model(**_to(batch, dev)).logits.float())
-    if ddp.active():
-        return ddp.gather_in_order(torch.cat(out), len(loader.dataset))
-    return torch.cat(out).cpu()
-
-
-@dataclass
-class _Position:
-    """Where a run stands: optimizer steps done, the epoch in progress, the micro-batches of it
-    already trained on, and the evaluations so far."""
-
-    step: int = 0
-    epoch: int = 1
-    batch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-class _SkipFirst(torch.utils.data.Sampler):
-    """A batch sampler without its first ``skip`` batches: the order is the same, and the
-    skipped batches are never loaded (resuming mid-epoch)."""
-
-    def __init__(self, batches: Any, skip: int) -> None:
-        self.batches, self.skip = batches, skip
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return itertools.islice(iter(self.batches), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(len(self.batches) - self.skip, 0)
-
-
-def _plain(params: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(params), default=str))
+Evaluate = Callable[[torch.nn.Module, torch.dtype | None], tuple[float, dict[str, Any]]]
 
 
 def fit(
     model: torch.nn.Module,
     train_set: Any,
     collate: Callable[[list[Any]], dict[str, torch.Tensor]],
-    evaluate: Callable[[torch.nn.Module, torch.dtype | None], tuple[float, dict[str, Any]]],
+    evaluate: Evaluate,
     args: TrainingArguments,
     reporter: Reporter,
     *,
@@ -190,216 +67,205 @@ def fit(
 
     ``evaluate(model, dtype)`` returns the objective value and the attributes to store with it
     (per-slice metrics). Returns the last evaluation's pair. Raises ``optuna.TrialPruned`` when
-    the pruner says so or the loss stops being finite. With ``save_strategy`` and a
+    the pruner says so or the loss stops being finite. ``started`` (a ``perf_counter`` time) is
+    when the trial began, for ``seconds_to_first_step``. With ``save_strategy`` and a
     ``reporter.checkpoint_dir``, a checkpoint follows each evaluation, and a run that finds one
     there continues from it; ``run_params`` (all the objective's parameters, default ``args``)
     tell a checkpoint of this configuration from one of another; ``history_keys`` name figures of
     ``evaluate``'s attributes kept in every evaluation's entry of the ``epochs`` record.
     """
     transformers.set_seed(args.seed)
-    dev = device()
-    dtype = autocast_dtype(args.mixed_precision, dev)
+    dev = precision.device()
+    dtype = precision.autocast_dtype(args.mixed_precision, dev)
     model.to(dev)
     sampler = ddp.train_sampler(train_set, args.seed)  # None outside a process group
-    loader = DataLoader(
-        train_set,
-        batch_size=args.per_device_train_batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(args.seed),
-        pin_memory=dev.type == "cuda",
-    )
+    loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=sampler is None,
+                        sampler=sampler, collate_fn=collate, generator=torch.Generator().manual_seed(args.seed),
+                        pin_memory=dev.type == "cuda")
     accum = args.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(loader) / accum)
-    optimizer = _optimizer(model, args)
     total_steps = args.max_steps if args.max_steps > 0 else steps_per_epoch * args.num_train_epochs
-    warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total_steps)
-    scheduler = _scheduler(optimizer, args, warmup, total_steps)
+    optimizer = optim.optimizer(model, args)
+    scheduler = optim.scheduler(optimizer, args, total_steps)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
-    reporter.set_user_attr("mixed_precision_used", str(dtype).removeprefix("torch.") if dtype else "fp32")
-    reporter.set_user_attr("device", dev.type)
     train_model = ddp.wrap(model, dev)  # DDP in a process group, else the model itself
+    reporter.set_user_attr(TrialAttr.MIXED_PRECISION, precision.dtype_name(dtype))
+    reporter.set_user_attr(TrialAttr.DEVICE, dev.type)
     if ddp.active():
-        reporter.set_user_attr("world_size", ddp.world_size())
+        reporter.set_user_attr(TrialAttr.WORLD_SIZE, ddp.world_size())
 
-    by_steps = args.eval_strategy == "steps"
-    step_log = StepLog(total_steps, dev) if args.logging_steps > 0 else None
-    params = _plain(run_params if run_params is not None else asdict(args))
-    folder = reporter.checkpoint_dir if args.save_strategy != "no" else None
-    position = _Position()
-    if checkpoint.has_checkpoint(folder):
-        position = _resume(folder, params, args, reporter, model=model, optimizer=optimizer, scheduler=scheduler,
-                           scaler=scaler, generator=loader.generator, step_log=step_log, batches_per_epoch=len(loader))
-    history = position.history
-    global_step = position.step
+    # Pre-training extras: None (and never touched) unless the arguments ask for them.
+    step_log = _step_log(args, total_steps, dev)
+    saved = _run_checkpoint(args, reporter, run_params, model, optimizer, scheduler, scaler, loader, step_log,
+                            total_steps)
+    position = saved.resume(reporter, len(loader)) if saved else checkpoint.Position()
+    schedule = EvaluationSchedule.of(args, total_steps)
+    evaluations = _Evaluations(evaluate, model, dtype, reporter, schedule, position.history, history_keys, step_log)
 
-    def evaluate_and_report(epoch: int, train_loss: float, since: float) -> tuple[float, dict[str, Any]]:
-        mark, unit = (global_step, "step") if by_steps else (epoch, "epoch")
-        if not math.isfinite(train_loss):
-            reporter.set_user_attr("end_reason", f"non-finite training loss at {unit} {mark}")
-            raise optuna.TrialPruned(f"non-finite training loss at {unit} {mark}")
-        value, attrs = evaluate(model, dtype)
-        history.append({"epoch": epoch, **({"step": global_step} if by_steps else {}),
-                        "train_loss": round(train_loss, 5), "value": value,
-                        "seconds": round(time.perf_counter() - since, 3),  # training and evaluation
-                        **{key: attrs[key] for key in history_keys if key in attrs}})
-        for key, item in attrs.items():
-            reporter.set_user_attr(key, item)
-        reporter.set_user_attr("epochs", history)
-        if step_log is not None:
-            _record_step_log(step_log, global_step, args, reporter)
-        reporter.report(value, mark)
-        if reporter.should_prune():
-            reporter.set_user_attr("end_reason", f"pruned at {unit} {mark}")
-            raise optuna.TrialPruned(f"pruned at {unit} {mark} with {value:.4f}")
-        return value, attrs
-
-    def save(epoch: int, batch: int, generator_state: torch.Tensor) -> None:
-        if folder is not None and (not ddp.active() or torch.distributed.get_rank() == 0):
-            _save_checkpoint(folder, params, _Position(global_step, epoch, batch, history), args,
-                             model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                             generator_state=generator_state, step_log=step_log, total_steps=total_steps)
-
-    value, attrs = math.nan, {}
-    evaluated = False
+    step, since_evaluation = position.step, _Interval(dev)
     for epoch in itertools.count(position.epoch):  # until total_steps (a resumed run may need more epochs)
-        if global_step >= total_steps or not len(loader):
+        if step >= total_steps or not len(loader):
             break
-        epoch_start = interval_start = time.perf_counter()
-        train_model.train()
-        loss_sum = torch.zeros((), device=dev)
-        interval_sum, interval_batches = torch.zeros((), device=dev), 0  # since the last evaluation (steps)
-        step_loss, micro = torch.zeros((), device=dev), 0  # this optimizer step's micro-batches (step log)
-        skip = position.batch if epoch == position.epoch else 0
-        step = skip // accum
+        trained = position.batch if epoch == position.epoch else 0  # micro-batches of this epoch done
         if sampler is not None:
             sampler.set_epoch(epoch)  # a new shuffle every epoch, the same on every rank
-        epoch_shuffle = loader.generator.get_state()  # before this epoch draws from it: its order, for a checkpoint
-        batches = loader if not skip else DataLoader(
-            train_set, batch_sampler=_SkipFirst(loader.batch_sampler, skip), collate_fn=collate,
-            generator=loader.generator, pin_memory=loader.pin_memory)
-        n_batches = 0
-        for i, batch in enumerate(batches, start=skip):
-            stepping = (i + 1) % accum == 0 or i + 1 == len(loader)
-            faults.before_step(epoch=epoch, step_in_epoch=step + 1, step_in_run=(epoch - 1) * steps_per_epoch + step + 1,
-                                micro_batch=args.per_device_train_batch_size)
-            with ddp.no_sync(train_model, skip=not stepping):  # DDP: all-reduce once per optimizer step
+        order = loader.generator.get_state()  # before this epoch draws from it: its order, for a checkpoint
+        train_model.train()
+        for i, batch in enumerate(checkpoint.batches_after(loader, trained), start=trained):
+            steps_in_epoch = i // accum  # optimizer steps of this epoch already taken
+            takes_step = (i + 1) % accum == 0 or i + 1 == len(loader)  # the step's last micro-batch
+            faults.before_step(epoch=epoch, step_in_epoch=steps_in_epoch + 1,
+                               step_in_run=(epoch - 1) * steps_per_epoch + steps_in_epoch + 1,
+                               micro_batch=args.per_device_train_batch_size)
+            with ddp.no_sync(train_model, skip=not takes_step):  # DDP: all-reduce once per optimizer step
                 with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                    loss = faults.loss(train_model(**_to(batch, dev)).loss, epoch=epoch)
+                    loss = faults.loss(train_model(**precision.to_device(batch, dev)).loss, epoch=epoch)
                 scaler.scale(loss / accum).backward()
-            loss_sum += loss.detach()
-            n_batches += 1
-            if by_steps:
-                interval_sum += loss.detach()
-                interval_batches += 1
+            since_evaluation.add(loss)
             if step_log is not None:
-                step_loss += loss.detach()
-                micro += 1
-            if stepping:
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                global_step += 1
-                if step_log is not None:
-                    step_log.record(global_step, step_loss / micro, grad_norm)
-                    step_loss, micro = torch.zeros((), device=dev), 0
-                if global_step == 1:
-                    reporter.set_user_attr("seconds_to_first_step", round(time.perf_counter() - started, 4))
-                reporter.on_step(epoch, step, steps_per_epoch)
-                if by_steps and (global_step % args.eval_steps == 0 or global_step == total_steps):
-                    train_loss = ddp.mean_over_ranks(interval_sum, interval_batches)
-                    value, attrs = evaluate_and_report(epoch, train_loss, interval_start)
-                    evaluated = True
-                    train_model.train()
-                    save(epoch, i + 1, epoch_shuffle)
-                    interval_sum, interval_batches = torch.zeros((), device=dev), 0
-                    interval_start = time.perf_counter()
-                if global_step >= total_steps:
-                    break
-        if not by_steps:
-            train_loss = ddp.mean_over_ranks(loss_sum, n_batches)  # every rank decides on the same loss
-            value, attrs = evaluate_and_report(epoch, train_loss, epoch_start)
-            evaluated = True
-            if skip + n_batches < len(loader):  # stopped inside the epoch (max_steps)
-                save(epoch, skip + n_batches, epoch_shuffle)
-            else:
-                save(epoch + 1, 0, loader.generator.get_state())
-    if not evaluated:  # resumed from a finished run: its figures, without reporting a step twice
-        value, attrs = evaluate(model, dtype)
-    return value, attrs
-
-
-def _record_step_log(step_log: StepLog, steps: int, args: TrainingArguments, reporter: Reporter) -> None:
-    """One sync: the per-step loss and gradient norm onto the trial, and the warning signs in them."""
-    loss, grad_norm = step_log.read(steps)
-    reporter.set_user_attr("step_log", compact(loss, grad_norm, every=args.logging_steps))
-    reporter.set_user_attr("warning_signs", warning_signs(
-        loss, grad_norm, spike_threshold=args.spike_threshold, window=args.spike_window,
-        grad_norm_threshold=args.grad_norm_threshold))
-
-
-def _save_checkpoint(folder: Any, params: dict[str, Any], position: _Position, args: TrainingArguments, *,
-                     model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                     scaler: torch.amp.GradScaler, generator_state: torch.Tensor, step_log: StepLog | None,
-                     total_steps: int) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "generator": generator_state, "rng": checkpoint.rng_state(),
-             "step": position.step, "epoch": position.epoch, "batch": position.batch,
-             "examples": position.batch * args.per_device_train_batch_size, "history": position.history,
-             "params": params, "step_log": step_log.state_dict() if step_log is not None else None}
-    checkpoint.save(folder, state, {"step": position.step, "total_steps": total_steps, "epoch": position.epoch,
-                                     "params": params})
-
-
-def _resume(folder: Any, params: dict[str, Any], args: TrainingArguments, reporter: Reporter, *,
-            model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
-            generator: torch.Generator, step_log: StepLog | None, batches_per_epoch: int) -> _Position:
-    """Load the checkpoint in ``folder`` into this run's objects; where to go on from."""
-    state = checkpoint.load(folder)
-    changed = {k: [state["params"].get(k), params.get(k)] for k in sorted(set(params) | set(state["params"]))
-               if state["params"].get(k) != params.get(k)}
-    if changed and not reporter.resume_any_config:
-        # Another configuration's checkpoint (a reused folder): start over; the first save replaces it.
-        reporter.set_user_attr("checkpoint_ignored", f"{folder}: written by another configuration "
-                                                     f"(differs in {', '.join(list(changed)[:5])})")
-        return _Position()
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise SetupError(f"the checkpoint in {folder} does not fit this model (a size changed?): "
-                         f"{str(e).strip().splitlines()[0]}") from None
-    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    if step_log is not None and state["step_log"] is not None:
-        step_log.load_state_dict(state["step_log"])
-    position = _Position(state["step"], state["epoch"], state["batch"], state["history"])
-    generator.set_state(state["generator"])  # the saved epoch's order
-    if changed:
-        # New hyperparameters: this run's learning rate, decay and betas, and its schedule at the
-        # saved step; the data go on after as many examples as the saved run had seen.
-        for group, fresh in zip(optimizer.param_groups, settings):
-            group.update(fresh)
-        scheduler.last_epoch = position.step - 1
-        with warnings.catch_warnings():  # "scheduler before optimizer step": positioning it, not stepping
-            warnings.simplefilter("ignore", UserWarning)
+                step_log.add(loss)
+            if not takes_step:
+                continue
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
-        accum = args.gradient_accumulation_steps
-        position.batch = state["examples"] // args.per_device_train_batch_size // accum * accum
-        if position.batch >= batches_per_epoch:
-            position.epoch, position.batch = position.epoch + 1, 0
-        reporter.set_user_attr("resumed_with_changes", {k: v for k, v in list(changed.items())[:20]})
-    else:
-        scheduler.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])
-    reporter.set_user_attr("resumed_from_step", position.step)
-    for entry in position.history:  # the evaluations before the checkpoint, on this record too
-        reporter.report(entry["value"], entry["step"] if "step" in entry else entry["epoch"])
-    if position.history:
-        reporter.set_user_attr("epochs", position.history)
-    return position
+            optimizer.zero_grad(set_to_none=True)
+            step, trained = step + 1, i + 1
+            if step_log is not None:
+                step_log.record(step, grad_norm)
+            if step == 1:
+                reporter.set_user_attr(TrialAttr.SECONDS_TO_FIRST_STEP, round(time.perf_counter() - started, 4))
+            reporter.on_step(epoch, steps_in_epoch + 1, steps_per_epoch)
+            if schedule.after_step(step):
+                evaluations.run(epoch, step, since_evaluation)
+                if saved:
+                    saved.save(checkpoint.Position(step, epoch, trained, evaluations.history), order)
+                since_evaluation.restart()
+                train_model.train()
+            if step >= total_steps:
+                break
+        if schedule.after_epoch:
+            evaluations.run(epoch, step, since_evaluation)
+            if saved and trained < len(loader):  # stopped inside the epoch (max_steps)
+                saved.save(checkpoint.Position(step, epoch, trained, evaluations.history), order)
+            elif saved:
+                saved.save(checkpoint.Position(step, epoch + 1, 0, evaluations.history), loader.generator.get_state())
+            since_evaluation.restart()
+    if evaluations.last is None:  # resumed from a finished run: its figures, without reporting a step twice
+        return evaluate(model, dtype)
+    return evaluations.last
+
+
+@dataclass(frozen=True)
+class EvaluationSchedule:
+    """When the loop evaluates: after every epoch (``every_steps`` 0, fine-tuning), or after every
+    ``every_steps`` optimizer steps and the last one (``eval_strategy: steps``)."""
+
+    every_steps: int
+    total_steps: int
+
+    @classmethod
+    def of(cls, args: TrainingArguments, total_steps: int) -> EvaluationSchedule:
+        return cls(args.eval_steps if args.eval_strategy == "steps" else 0, total_steps)
+
+    @property
+    def after_epoch(self) -> bool:
+        return not self.every_steps
+
+    def after_step(self, step: int) -> bool:
+        return bool(self.every_steps) and (step % self.every_steps == 0 or step == self.total_steps)
+
+    def mark(self, epoch: int, step: int) -> tuple[str, int]:
+        """The unit and number an evaluation is reported at."""
+        return ("step", step) if self.every_steps else ("epoch", epoch)
+
+
+class _Interval:
+    """The training loss (kept on the device) and the time since the last evaluation."""
+
+    def __init__(self, dev: torch.device) -> None:
+        self.dev = dev
+        self.restart()
+
+    def restart(self) -> None:
+        self.loss, self.batches, self.start = torch.zeros((), device=self.dev), 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss += loss.detach()
+        self.batches += 1
+
+    def mean_loss(self) -> float:
+        return ddp.mean_over_ranks(self.loss, self.batches)  # every rank decides on the same loss
+
+
+class _Evaluations:
+    """Evaluate, record on the trial, report, and obey the pruner; ``last`` is the latest
+    (value, attributes), None before the first evaluation of this run."""
+
+    def __init__(self, evaluate: Evaluate, model: torch.nn.Module, dtype: torch.dtype | None, reporter: Reporter,
+                 schedule: EvaluationSchedule, history: list[dict[str, Any]], history_keys: tuple[str, ...],
+                 step_log: StepLog | None) -> None:
+        self.evaluate, self.model, self.dtype, self.reporter = evaluate, model, dtype, reporter
+        self.schedule, self.history, self.history_keys, self.step_log = schedule, history, history_keys, step_log
+        self.last: tuple[float, dict[str, Any]] | None = None
+
+    def run(self, epoch: int, step: int, interval: _Interval) -> None:
+        unit, mark = self.schedule.mark(epoch, step)
+        train_loss = interval.mean_loss()
+        if not math.isfinite(train_loss):
+            self.reporter.set_user_attr(TrialAttr.END_REASON, f"non-finite training loss at {unit} {mark}")
+            raise optuna.TrialPruned(f"non-finite training loss at {unit} {mark}")
+        value, attrs = self.evaluate(self.model, self.dtype)
+        self.history.append({"epoch": epoch, **({"step": step} if unit == "step" else {}),
+                             "train_loss": round(train_loss, 5), "value": value,
+                             "seconds": round(time.perf_counter() - interval.start, 3),  # training and evaluation
+                             **{key: attrs[key] for key in self.history_keys if key in attrs}})
+        for key, item in attrs.items():
+            self.reporter.set_user_attr(key, item)
+        self.reporter.set_user_attr(TrialAttr.EPOCHS, self.history)
+        if self.step_log is not None:
+            for key, item in self.step_log.attributes(step).items():
+                self.reporter.set_user_attr(key, item)
+        self.reporter.report(value, mark)
+        if self.reporter.should_prune():
+            self.reporter.set_user_attr(TrialAttr.END_REASON, f"pruned at {unit} {mark}")
+            raise optuna.TrialPruned(f"pruned at {unit} {mark} with {value:.4f}")
+        self.last = value, attrs
+
+
+def _step_log(args: TrainingArguments, total_steps: int, dev: torch.device) -> StepLog | None:
+    if args.logging_steps <= 0:
+        return None
+    return StepLog(total_steps, dev, every=args.logging_steps, spike_threshold=args.spike_threshold,
+                   window=args.spike_window, grad_norm_threshold=args.grad_norm_threshold)
+
+
+def _run_checkpoint(args: TrainingArguments, reporter: Reporter, run_params: Mapping[str, Any] | None,
+                    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    scaler: torch.amp.GradScaler, loader: DataLoader, step_log: StepLog | None,
+                    total_steps: int) -> checkpoint.RunCheckpoint | None:
+    if args.save_strategy == "no" or reporter.checkpoint_dir is None:
+        return None
+    params = json.loads(json.dumps(dict(run_params if run_params is not None else asdict(args)), default=str))
+    return checkpoint.RunCheckpoint(reporter.checkpoint_dir, params, model=model, optimizer=optimizer,
+                                    scheduler=scheduler, scaler=scaler, generator=loader.generator,
+                                    step_log=step_log, batch_size=args.per_device_train_batch_size,
+                                    accumulation=args.gradient_accumulation_steps, total_steps=total_steps)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader: DataLoader, dtype: torch.dtype | None) -> torch.Tensor:
+    """Logits for every example of ``loader``, in order, on the CPU."""
+    dev = next(model.parameters()).device
+    model.eval()
+    out = []
+    # In a process group each rank scores its shard; the gathered logits drop the padding.
+    for batch in ddp.shard(loader) if ddp.active() else loader:
+        batch.pop("labels", None)
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            out.append(model(**precision.to_device(batch, dev)).logits.float())
+    if ddp.active():
+        return ddp.gather_in_order(torch.cat(out), len(loader.dataset))
+    return torch.cat(out).cpu()

@@ -21,20 +21,42 @@ from typing import Any
 import numpy as np
 import torch
 
+from objectives.attributes import TrialAttr
+
 MAX_POINTS = 1000  # per series on the trial's record: a few thousand floats in all
 MAX_STRETCHES = 20  # warning stretches listed; the counts cover them all
 
 
 class StepLog:
-    def __init__(self, total_steps: int, device: torch.device) -> None:
+    """The loop's per-step log (only when ``logging_steps`` > 0): ``add`` each micro-batch's loss,
+    ``record`` the step once it is taken, ``attributes`` at each evaluation."""
+
+    def __init__(self, total_steps: int, device: torch.device, *, every: int, spike_threshold: float,
+                 window: int, grad_norm_threshold: float) -> None:
         self.loss = torch.full((total_steps,), math.nan, device=device)
         self.grad_norm = torch.full((total_steps,), math.nan, device=device)
+        self.every, self.spike_threshold, self.window = every, spike_threshold, window
+        self.grad_norm_threshold = grad_norm_threshold
+        self._step_loss, self._micro_batches = torch.zeros((), device=device), 0
 
-    def record(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        """``step`` counts from 1; the tensors stay where they are (no sync)."""
+    def add(self, loss: torch.Tensor) -> None:
+        """A micro-batch's loss, toward its optimizer step's mean."""
+        self._step_loss += loss.detach()
+        self._micro_batches += 1
+
+    def record(self, step: int, grad_norm: torch.Tensor) -> None:
+        """``step`` (counting from 1) is taken: its mean loss and gradient norm, kept where they are (no sync)."""
         if step <= len(self.loss):
-            self.loss[step - 1] = loss.detach().float()
+            self.loss[step - 1] = (self._step_loss / max(self._micro_batches, 1)).float()
             self.grad_norm[step - 1] = grad_norm.detach().float()
+        self._step_loss, self._micro_batches = torch.zeros_like(self._step_loss), 0
+
+    def attributes(self, steps: int) -> dict[str, Any]:
+        """What goes on the trial after ``steps`` steps: the compact log and its warning signs (one sync)."""
+        loss, grad_norm = self.read(steps)
+        return {TrialAttr.STEP_LOG: compact(loss, grad_norm, every=self.every),
+                TrialAttr.WARNING_SIGNS: warning_signs(loss, grad_norm, spike_threshold=self.spike_threshold,
+                                                       window=self.window, grad_norm_threshold=self.grad_norm_threshold)}
 
     def read(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """The first ``steps`` values of each series, on the host (one sync)."""
