@@ -123,13 +123,13 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     # train(): start/end, and the reporter time spent inside it.
     real_train = recipe.train
 
-    def timed_train(params: dict[str, Any], reporter: Any = None, **kw: Any) -> dict[str, Any]:
+    def timed_train(params: dict[str, Any], reporter: Any = None, *, on_test: bool = False) -> dict[str, Any]:
         current.clear()
         current.update(train_start=clock(), reporter_s=0.0, reporter_calls={}, first_forward=None,
                        fit_enter=None, first_step=None, batch=params["per_device_train_batch_size"],
                        accum=params["gradient_accumulation_steps"])
         try:
-            return real_train(params, reporter, **kw)
+            return real_train(params, reporter, on_test=on_test)
         finally:
             current["train_end"] = clock()
             trials.append(dict(current))
@@ -190,7 +190,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
 
     worker.dashboard_callback = timed_dashboard
 
-    # The display's trial_finished is the worker's last callback: it closes a trial's wall time.
+    # The display's trial_ended (from the worker's last callback) closes a trial's wall time.
     ends: list[float] = []
     # Running totals, snapshotted at each trial's end: Optuna's tell, and garbage-collector
     # pauses inside / outside train() (torch models leave reference cycles behind).
@@ -198,8 +198,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     snapshots: list[dict[str, float]] = []
 
     class TimedDisplay(WorkerDisplay):
-        def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            super().trial_finished(study, trial)
+        def trial_ended(self, event: Any) -> None:
+            super().trial_ended(event)
             ends.append(clock())
             snapshots.append(dict(totals))
 
