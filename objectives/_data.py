@@ -6,10 +6,10 @@ import functools
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import tempfile
 import urllib.request
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -75,29 +75,121 @@ def cached(kind: str, key: Mapping[str, Any], build: Callable[[], T]) -> T:
     temporary name and renamed into place, so a worker starting beside another never reads a half-written
     file; two workers that miss at once both build, and the second rename wins with equal
     content. An unreadable file is rebuilt; an unwritable cache only costs the rebuild next time.
+
+    The file is an ``.npz`` read with ``allow_pickle=False`` (see ``dump_safe``): the cache may be
+    shared (a compose volume), and a file planted there is data at worst, never code that runs.
     """
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
-    path = cache_path(kind, digest)
+    path = cache_path(kind, cache_digest(key))
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
+        return load_safe(path)
     except FileNotFoundError:
         pass
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError, IndexError):
-        pass  # truncated or from an incompatible version: build it again
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # truncated, planted, or from an older format: build it again
     value = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-            pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                dump_safe(value, f)
+            except BaseException:
+                os.unlink(f.name)
+                raise
         os.replace(f.name, path)
     except OSError:
         pass
     return value
 
 
+def cache_digest(key: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
 def cache_path(kind: str, digest: str) -> Path:
-    return cache_dir() / "prepared" / kind / f"{digest}.pkl"
+    return cache_dir() / "prepared" / kind / f"{digest}.npz"
+
+
+_STRUCTURE = "structure.json"  # the member holding the value's shape, its arrays named in it
+_POOL = "ints"  # the member holding every list of ints, each one a slice of it
+_MARKERS = {"__array__", "__ints__", "__rows__"}  # how the structure names an array member or a slice of the pool
+
+
+def dump_safe(value: Any, file: Any) -> None:
+    """Write ``value`` (dicts with str keys, lists, tuples as lists, str, numbers, bools, None and
+    numeric numpy arrays) as an uncompressed .npz: each array a member (lists of ints and lists
+    of such lists too), the rest as JSON. Anything else is a TypeError: what is cached must read
+    back without pickle."""
+    import numpy as np
+
+    arrays: dict[str, np.ndarray] = {}
+
+    pool: list[int] = []
+
+    def add(array: np.ndarray) -> str:
+        name = f"a{len(arrays)}"
+        arrays[name] = array
+        return name
+
+    def pool_slice(ints: list[int]) -> list[int]:
+        pool.extend(ints)
+        return [len(pool) - len(ints), len(pool)]
+
+    def encode(v: Any) -> Any:
+        if isinstance(v, np.ndarray):
+            if v.dtype.hasobject:
+                raise TypeError("an object array cannot be cached without pickle")
+            return {"__array__": add(v)}
+        if isinstance(v, Mapping):
+            if not all(isinstance(k, str) for k in v) or _MARKERS & set(v):
+                raise TypeError(f"cached dicts need str keys, none of {sorted(_MARKERS)}")
+            return {k: encode(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            # Token ids, the bulk of a cached value, as arrays: JSON would be several times slower to read.
+            # All of them in one member (a member is slow to open): each list a slice of it.
+            if v and all(type(x) is int for x in v):
+                return {"__ints__": pool_slice(v)}
+            if v and all(isinstance(x, list) and x and all(type(t) is int for t in x) for x in v):
+                return {"__rows__": pool_slice([t for x in v for t in x]), "lengths": pool_slice([len(x) for x in v])}
+            return [encode(x) for x in v]
+        if isinstance(v, np.generic):
+            return v.item()
+        if v is None or isinstance(v, (str, int, float, bool)):
+            return v
+        raise TypeError(f"{type(v).__name__} cannot be cached without pickle")
+
+    structure = json.dumps(encode(value), separators=(",", ":")).encode()
+    np.savez(file, **{_STRUCTURE: np.frombuffer(structure, dtype=np.uint8), _POOL: np.asarray(pool, dtype=np.int64)},
+             **arrays)
+
+
+def load_safe(path: Path) -> Any:
+    """Read what ``dump_safe`` wrote; never unpickles (a pickle or an object array is a ValueError)."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as archive:
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: not an .npz archive")
+        structure = json.loads(archive[_STRUCTURE].tobytes())
+        pool = archive[_POOL].tolist()
+
+        def decode(v: Any) -> Any:
+            if isinstance(v, dict):
+                if "__array__" in v:
+                    return archive[v["__array__"]]
+                if "__ints__" in v:
+                    return pool[v["__ints__"][0]:v["__ints__"][1]]
+                if "__rows__" in v:
+                    start, rows = v["__rows__"][0], []
+                    for length in pool[v["lengths"][0]:v["lengths"][1]]:
+                        rows.append(pool[start:start + length])
+                        start += length
+                    return rows
+                return {k: decode(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [decode(x) for x in v]
+            return v
+
+        return decode(structure)
 
 
 def file_digest(path: Path) -> str:

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import REPO
@@ -38,7 +39,7 @@ def test_a_result_is_built_once_then_read_from_disk(cache_home):
     build, calls = counting({"ids": list(range(10))})
     assert _data.cached("demo", {"max_length": 64}, build) == {"ids": list(range(10))}
     files = list((cache_home / "search" / "prepared" / "demo").iterdir())
-    assert len(files) == 1 and files[0].suffix == ".pkl"
+    assert len(files) == 1 and files[0].suffix == ".npz"
     again, again_calls = counting("never returned")
     assert _data.cached("demo", {"max_length": 64}, again) == {"ids": list(range(10))}
     assert (len(calls), len(again_calls)) == (1, 0), "the second call reads the file"
@@ -58,7 +59,61 @@ def test_a_damaged_file_is_rebuilt(cache_home):
     path.write_bytes(path.read_bytes()[:5])
     build, calls = counting("rebuilt")
     assert _data.cached("demo", {"k": 1}, build) == "rebuilt" and calls == [1]
-    assert pickle.loads(path.read_bytes()) == "rebuilt"
+    assert _data.load_safe(path) == "rebuilt"
+
+
+class PlantedPickle:
+    """What an attacker with write access to a shared cache could plant: unpickling it runs code
+    (here: creates ``marker``)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_planted_pickle_is_never_run_and_the_entry_is_rebuilt(cache_home, tmp_path):
+    marker = tmp_path / "pickle-ran"
+    key = {"texts": "digest", "max_length": 64}
+    path = _data.cache_path("demo", _data.cache_digest(key))
+    path.parent.mkdir(parents=True)
+    payload = pickle.dumps(PlantedPickle(marker))
+    path.write_bytes(payload)
+    path.with_suffix(".pkl").write_bytes(payload)  # where the cache used to keep its entries
+    pickle.loads(payload)
+    assert marker.exists(), "the planted file does run code when unpickled"
+    marker.unlink()
+
+    build, calls = counting({"ids": np.arange(5, dtype=np.int32), "offsets": np.array([0, 2, 5])})
+    value = _data.cached("demo", key, build)
+    assert calls == [1] and not marker.exists(), "rebuilt, and the pickle never ran"
+    assert value["ids"].tolist() == [0, 1, 2, 3, 4]
+    reread = _data.cached("demo", key, lambda: "never returned")
+    assert reread["offsets"].tolist() == [0, 2, 5] and not marker.exists()
+
+
+def test_the_cached_structures_read_back_as_written(cache_home):
+    """What the tasks cache: Recipe-MPR's items (lists of dicts of token-id lists) and the
+    classification tasks' flat token ids (a dict of arrays)."""
+    items = [{"features": {"input_ids": [[101, 7, 102], [101, 102]], "attention_mask": [[1, 1, 1], [1, 1]]},
+              "label": 1}] * 3
+    assert _data.cached("items", {"k": 1}, lambda: items) == items
+    assert _data.cached("items", {"k": 1}, lambda: None) == items, "read from disk"
+    mixed = {"ids": [5, 6], "rows": [[], [1, 2]], "deep": [[[1], [2, 3]]], "label": 1, "name": "x", "share": 0.5,
+             "none": None, "flag": True, "flags": [True, False], "empty": []}
+    assert _data.cached("mixed", {"k": 1}, lambda: mixed) == mixed
+    again = _data.cached("mixed", {"k": 1}, lambda: None)
+    assert again == mixed and type(again["ids"][0]) is int and type(again["flags"][0]) is bool
+    flat = {"ids": np.arange(7, dtype=np.int32), "offsets": np.array([0, 3, 7], dtype=np.int64)}
+    read = _data.cached("flat", {"k": 1}, lambda: flat)
+    again = _data.cached("flat", {"k": 1}, lambda: None)
+    for value in (read, again):
+        assert value["ids"].dtype == np.int32 and value["ids"].tolist() == list(range(7))
+        assert value["offsets"].tolist() == [0, 3, 7]
+    with pytest.raises(TypeError):
+        _data.cached("objects", {"k": 1}, lambda: {"x": object()})
+    assert list((cache_home / "search" / "prepared" / "objects").iterdir()) == [], "no temporary left behind"
 
 
 def test_file_digest_follows_the_contents(tmp_path):
@@ -121,29 +176,30 @@ def test_a_reader_never_sees_a_half_written_file(tmp_path):
     is at the cache path: every read it makes is complete."""
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     writer = """
+        import numpy as np
         from objectives import _data
         for round in range(25):
-            for stale in (_data.cache_dir() / "prepared" / "big").glob("*.pkl"):
+            for stale in (_data.cache_dir() / "prepared" / "big").glob("*.npz"):
                 stale.unlink()
-            _data.cached("big", {"k": 1}, lambda: bytes(4_000_000) + b"end")
+            _data.cached("big", {"k": 1}, lambda: np.arange(1_000_000, dtype=np.int32))
         (_data.cache_dir() / "prepared" / "writer-done").touch()
     """
     reader = """
-        import pickle, time
+        import time
         from objectives import _data
         folder = _data.cache_dir() / "prepared" / "big"
         complete = broken = 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            for f in folder.glob("*.pkl") if folder.exists() else ():
+            for f in folder.glob("*.npz") if folder.exists() else ():
                 try:
-                    value = pickle.loads(f.read_bytes())
+                    value = _data.load_safe(f)
                 except FileNotFoundError:
                     continue
                 except Exception:
                     broken += 1
                     continue
-                complete += value.endswith(b"end") and len(value) == 4_000_003
+                complete += len(value) == 1_000_000 and int(value[-1]) == 999_999
             if (folder.parent / "writer-done").exists():
                 break
         print(complete, broken)
