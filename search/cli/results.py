@@ -3,6 +3,7 @@ those that train the winners again: ``run`` (one exported configuration) and ``c
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -52,6 +53,8 @@ def export(
         "--top", min=1, help="Also write the next K-1 configurations (under `others`).")] = 1,
     storage: Storage = None,
     format_: Format = "table",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite an existing file that `search export` did not write (never a study store).")] = False,
 ) -> None:
     """Write the winning configuration, complete and runnable, as YAML (with confirmed figures).
 
@@ -66,19 +69,66 @@ def export(
     from search.summary import best_trial
     from search.study import load_study
 
+    check_output(output, force=force)
     opened, where = open_store(storage, create=False)
     found, spec = load_study(study, opened, where)
     if best_trial(found) is None:
         raise StudyNotFound(f"study {study!r} has no completed trial yet: nothing to export")
     record = export_top(found, spec, str(output), top)
     try:
-        output.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+        output.write_text(f"{EXPORT_HEADER}\n" + yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
     except OSError as e:
         raise CommandError(f"cannot write {output}: {e.strerror or e}") from None
     if format_ == "json":
         render.print_json(record)
     else:
         render.exported(record, output)
+
+
+EXPORT_HEADER = "# written by `search export`; run it with `search run --config FILE`"
+EXPORT_KEYS = {"study", "objective", "params", "rerun"}  # what every export holds (also those before the header)
+
+
+def check_output(output: Path, *, force: bool) -> None:
+    """Refuse, before anything is read from the store, to overwrite a study store (never, even with
+    --force: it would lose every trial) or a file that `search export` did not write (unless --force)."""
+    try:
+        with open(output, "rb") as f:
+            head = f.read(1 << 16)
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise CommandError(f"-o {output}: a folder; give a file name") from None
+    except OSError:
+        return  # unreadable: writing it says why
+    store = _store_kind(head)
+    if store:
+        raise CommandError(f"-o {output}: a {store} (a study store); export writes YAML: give another file")
+    if not force and not _written_by_export(output, head):
+        raise CommandError(f"-o {output}: exists and was not written by `search export`; add --force to overwrite it")
+
+
+def _store_kind(head: bytes) -> str | None:
+    """What kind of store a file's first bytes show: SQLite by its header, an Optuna journal by
+    its first line (a JSON object with an "op_code")."""
+    if head.startswith(b"SQLite format 3\0"):
+        return "SQLite database"
+    first = head.lstrip().split(b"\n", 1)[0]
+    try:
+        line = json.loads(first)
+    except ValueError:
+        return None
+    return "journal file" if isinstance(line, dict) and "op_code" in line else None
+
+
+def _written_by_export(output: Path, head: bytes) -> bool:
+    if head.startswith(EXPORT_HEADER.encode()):
+        return True
+    try:  # an export written before the header: a mapping with export's keys
+        record = yaml.safe_load(output.read_text()) if output.stat().st_size < 1 << 20 else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(record, dict) and EXPORT_KEYS <= set(record)
 
 
 def studies(storage: Storage = None, format_: Format = "table") -> None:
@@ -150,6 +200,8 @@ def run(
     It trains as a trial of the search does (the same trial runner): on one process or
     --gpus-per-trial under torchrun, retried at half the micro-batch when it runs out of memory.
     """
+    if not config.is_file():
+        raise SpecError(f"{config}: no such file" if not config.exists() else f"{config}: not a file")
     try:
         record = yaml.safe_load(config.read_text())
         if rank > 1:

@@ -134,7 +134,8 @@ def test_bad_storage_url_is_one_line_without_password(populated, cli_env, tmp_pa
 
 
 @pytest.mark.parametrize(("config", "env", "says"), [
-    (None, {}, "not a config written by `search export`"),
+    (None, {}, "cfg.yaml: no such file"),
+    (["a", "list"], {}, "not a config written by `search export`"),
     ({"objective": "recipe_mpr", "params": {"momentum": 0.9}}, {}, "params.momentum: not a parameter of objective"),
     ({"objective": "recipe_mpr", "params": {"num_train_epochs": 1}}, {"SEARCH_DATA_DIR": "empty"},
      "recipe-mpr data not found"),
