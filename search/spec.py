@@ -6,12 +6,13 @@ import hashlib
 import inspect
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import optuna
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from objectives import Objective, SetupError, load_objective
 
@@ -20,6 +21,45 @@ SPACES_ENV = "SEARCH_SPACES_DIR"
 
 class SpecError(Exception):
     """A spec that cannot be used; the message names the file, the key and what is allowed."""
+
+
+# One rule for every study name this service creates (the spec's ``name``, ``--name``): a name is
+# also a folder (checkpoints, launch logs), part of a file name (the sbatch script) and a word in
+# a shell script, so it holds no separator, no space, no markup and no leading dot. 200
+# characters fit Optuna's study_name column (512), the ``.confirm`` companion, and one file name
+# (255 bytes) with ``search-`` and ``.sbatch`` around it.
+STUDY_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+STUDY_NAME_MAX = 200
+STUDY_NAME_RULE = (f"lowercase letters, digits, '.', '_' and '-', starting with a letter or digit, "
+                   f"at most {STUDY_NAME_MAX} characters")
+
+
+def study_name_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as a new study's name, or None."""
+    if len(name) > STUDY_NAME_MAX:
+        return f"{len(name)} characters (expected {STUDY_NAME_RULE})"
+    if not STUDY_NAME.fullmatch(name):
+        return f"expected {STUDY_NAME_RULE}"
+    return None
+
+
+def check_study_name(name: str, source: str = "--name") -> str:
+    """``name`` if it follows the study name rule; else SpecError, one line naming ``source``."""
+    problem = study_name_problem(name)
+    if problem:
+        raise SpecError(f"{source} {name!r}: not a study name: {problem}")
+    return name
+
+
+def name_as_path(name: str) -> str:
+    """A study name as one path component, for any name a storage holds (another tool may have
+    created it without this rule): the name itself when it follows the rule, else a slug of it
+    with a hash of the whole name, so that distinct names never share a folder and no name
+    reaches outside the folder it is put in (no ``/``, no ``..``, never absolute)."""
+    if study_name_problem(name) is None:
+        return name
+    slug = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip(".-_")[:64] or "study"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
 class _Strict(BaseModel):
@@ -151,7 +191,7 @@ class KnownConfig(_Strict):
 
 
 class StudySpec(_Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    name: str
     objective: str
     description: str = ""
     metric: Metric
@@ -168,6 +208,15 @@ class StudySpec(_Strict):
     # created (``with_defaults``), so that a default changed in the code since does not change what
     # an existing study trains; None: today's.
     _defaults: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _study_name(cls, name: str) -> str:
+        """The spec's name is the study's name by default: the same rule as ``--name``."""
+        problem = study_name_problem(name)
+        if problem:
+            raise ValueError(f"{name!r}: not a study name: {problem}")
+        return name
 
     def better(self, a: float, b: float) -> bool:
         """Is ``a`` strictly better than ``b`` in the metric's direction?"""

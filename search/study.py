@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 
 from objectives.attributes import StudyAttr, TrialAttr
-from search.spec import SpecError, StudySpec, validate
+from search.spec import SpecError, StudySpec, check_study_name, validate
 
 
 class StudyNotFound(Exception):
@@ -27,7 +27,7 @@ def build_study(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: 
     builds them from the spec. The spec returned fills in the study's recorded defaults and
     baseline (``as_recorded``).
     """
-    name = name or spec.name
+    name = check_study_name(name) if name else spec.name  # checked before anything is stored
     kwargs = dict(study_name=name, storage=storage, sampler=spec.build_sampler(), pruner=spec.build_pruner())
     # A computed baseline is measured before the study exists: if it fails, nothing is stored.
     baseline = compute_baseline(spec) if spec.baseline.computed and not _exists(storage, name) else None

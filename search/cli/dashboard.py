@@ -20,7 +20,7 @@ def dashboard(
     from optuna_dashboard import run_server
 
     opened, where = open_store(storage, create=False)
-    console.print(f"optuna-dashboard for {where} on http://{host}:{port}/ (Ctrl-C stops it)")
+    console.print(f"optuna-dashboard for {where} on http://{host}:{port}/ (Ctrl-C stops it)", markup=False)
     try:
         run_server(opened, host=host, port=port)
     except OSError as e:

@@ -9,7 +9,7 @@ import typer
 import yaml
 
 from search.cli.errors import CommandError
-from search.spec import SpecError
+from search.spec import STUDY_NAME_RULE, SpecError, check_study_name
 from storage import mask_url, resolve_url
 
 Spec = Annotated[str, typer.Option("--study", help="Spec name in spaces/ (or a spec YAML path).")]
@@ -19,7 +19,16 @@ Storage = Annotated[str | None, typer.Option(
     help="Storage URL (postgresql+psycopg2://... or a .journal file); default $SEARCH_STORAGE, else the embedded store.")]
 Set = Annotated[list[str] | None, typer.Option(
     "--set", show_default=False, help="KEY=VALUE: pin a parameter in the study being created.")]
-Name = Annotated[str | None, typer.Option("--name", help="Study name in storage (default: the spec's name).")]
+
+
+def _check_name(value: str | None) -> str | None:
+    """A new study's name follows the spec's name rule, checked before anything is opened or stored."""
+    return None if value is None else check_study_name(value)
+
+
+Name = Annotated[str | None, typer.Option(
+    "--name", callback=_check_name,
+    help=f"Study name in storage (default: the spec's name); {STUDY_NAME_RULE}.")]
 GpusPerTrial = Annotated[int | None, typer.Option(
     "--gpus-per-trial", min=1, help="GPUs per trial (default: the spec's resources.gpus_per_trial, else 1).")]
 NTrials = Annotated[int | None, typer.Option(

@@ -177,7 +177,7 @@ def _checkpointing(reporter: Reporter, objective: Objective, folder: Path | None
         raise CommandError(f"{folder} holds a checkpoint (step {step}): add --resume to continue it, "
                            "or give another folder")
     if resume:
-        console.print(f"resuming {folder} from step {read_summary(folder).get('step', '?')}")
+        console.print(f"resuming {folder} from step {read_summary(folder).get('step', '?')}", markup=False)
     reporter.checkpoint_dir, reporter.keep_checkpoint, reporter.resume_any_config = folder, True, resume
 
 
@@ -255,11 +255,12 @@ def confirm(
     confirm_study = open_confirm_study(found, spec, opened, runs)
     configs = len({r["source_trial"] for r in runs})
     console.print(f"confirming {configs} configuration{'s' * (configs != 1)} of {study} x {seeds} "
-                  f"seed{'s' * (seeds != 1)}: {len(runs)} runs in {confirm_study.study_name} on {where}")
+                  f"seed{'s' * (seeds != 1)}: {len(runs)} runs in {confirm_study.study_name} on {where}", markup=False)
 
     def on_run(number: int, source: int, seed: int, fold: Any, value: float) -> None:
         fold_text = f" fold {fold}" if fold is not None else ""
-        console.print(f"run {number}: trial {source} seed {seed}{fold_text}: test {spec.metric.name} {value:.4f}")
+        console.print(f"run {number}: trial {source} seed {seed}{fold_text}: test {spec.metric.name} {value:.4f}",
+                      markup=False)
 
     run_confirmations(found, spec, opened, confirm_study, on_run, gpus_per_trial=gpus_per_trial)
     render.confirmed(found, spec)

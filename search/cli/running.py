@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from search.cli.errors import CommandError
 from search.cli.options import (
@@ -22,7 +24,7 @@ from search.cli.options import (
     parse_sets,
 )
 from search.cli.render import console, err_console
-from search.spec import load_spec, names_a_file, spec_path
+from search.spec import load_spec, name_as_path, names_a_file, spec_path
 from storage import DEFAULT_ENV, mask_url, resolve_url
 
 
@@ -73,8 +75,10 @@ def worker(
     opened, where = open_store(storage)
     result, _ = build_study(spec, opened, name=name)
     spec = as_recorded(spec, result)
-    console.print(f"study [bold]{result.study_name}[/] ({spec.objective}) on {where}: "
-                  f"{spec.metric.name} target {spec.target.value:g}, baseline {spec.baseline.value:g}")
+    # Names and reasons come from storage (any tool may have written them): shown as text, never markup.
+    console.print(Text.assemble("study ", (result.study_name, "bold"),
+                                f" ({spec.objective}) on {where}: {spec.metric.name} target {spec.target.value:g}, "
+                                f"baseline {spec.baseline.value:g}"))
     with WorkerDisplay(spec, console) as display:
         outcome = run_trials(result, spec, opened, n_trials=None if budget == "study" else n_trials,
                              timeout=timeout, display=display, study_budget=n_trials if budget == "study" else None,
@@ -88,7 +92,7 @@ def worker(
     best = best_trial(result)
     best_text = f"best {best.value:.4f} (trial {best.number})" if best else "no completed trial yet"
     console.print(f"worker done. {result.study_name}: {counts}; {best_text}, target {spec.target.value:g}. "
-                  f"Details: search status --study {result.study_name}")
+                  f"Details: search status --study {result.study_name}", markup=False, highlight=False)
 
 
 def launch(
@@ -130,11 +134,11 @@ def launch(
     args = worker_args(study, set_, name=name, n_trials=n_trials, gpus_per_trial=gpus_per_trial, timeout=timeout)
     study_name = name or spec.name
     state_home = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    folder = log_dir or state_home / "search" / "launch" / study_name
+    folder = log_dir or state_home / "search" / "launch" / name_as_path(study_name)
     on = f"GPUs {', '.join(sorted(set(devices)))}" if found else "no GPU: CPU workers"
     budget = f"until the study holds {n_trials} finished trials" if n_trials else "until Ctrl-C"
     console.print(f"launching {len(devices)} workers for study {study_name} on {where} ({on}), {budget}; "
-                  f"logs in {folder}", soft_wrap=True)
+                  f"logs in {folder}", soft_wrap=True, markup=False, highlight=False)
     code = Launcher(args, devices, storage_url=resolve_url(storage), log_dir=folder, max_restarts=max_restarts,
                     stop_timeout=stop_timeout, console=console).run()
     raise typer.Exit(code)
@@ -153,10 +157,12 @@ def slurm(
     name: Name = None,
     gpus_per_trial: GpusPerTrial = None,
     partition: Annotated[str | None, typer.Option("--partition", help="SLURM partition.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite an existing file that `search slurm` did not write.")] = False,
 ) -> None:
     """Write an sbatch script: one worker per GPU on every node; the storage URL comes from
     $SEARCH_STORAGE when the job runs and is never written into the script."""
-    from search.cluster.slurm import SlurmError, sbatch_script
+    from search.cluster.slurm import SlurmError, sbatch_script, written_by_slurm
 
     spec = load_spec(study, parse_sets(set_))
     args = worker_args(study, set_, name=name, n_trials=n_trials, gpus_per_trial=gpus_per_trial)
@@ -168,7 +174,10 @@ def slurm(
                                partition=partition)
     except SlurmError as e:
         raise CommandError(str(e)) from None
-    path = output or Path(f"search-{study_name}.sbatch")
+    path = output or Path(f"search-{name_as_path(study_name)}.sbatch")
+    if path.exists() and not force and not (path.is_file() and written_by_slurm(_head(path))):
+        raise CommandError(f"{path} exists and was not written by `search slurm`: not overwritten "
+                           "(another -o, or --force to replace it)")
     try:
         path.write_text(script)
     except OSError as e:
@@ -176,4 +185,13 @@ def slurm(
     workers = nodes * gpus_per_node // per_trial
     console.print(f"wrote {path}: {nodes} node(s) x {gpus_per_node} GPUs, {workers} workers on study {study_name}. "
                   f"Submit with: export SEARCH_STORAGE=postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB; "
-                  f"sbatch {path}", soft_wrap=True)
+                  f"sbatch {shlex.quote(str(path))}", soft_wrap=True, markup=False, highlight=False)
+
+
+def _head(path: Path) -> str:
+    """The first lines of ``path`` (enough to recognise a script of ours); empty if unreadable."""
+    try:
+        with path.open(errors="replace") as f:
+            return f.read(4096)
+    except OSError:
+        return ""

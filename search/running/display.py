@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from search.running.events import TrialEvent
@@ -55,7 +56,7 @@ class WorkerDisplay:
         if self._task is not None:
             self.progress.remove_task(self._task)
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-        self.console.print(f"[dim]trial {number} starts: {shown}")
+        self.console.print(f"[dim]trial {number} starts: {escape(shown)}")
         self._task = self.progress.add_task(f"trial {number} epoch 1", total=None, status=self._against_target(self.best))
 
     def on_step(self, epoch: int, step: int, steps_per_epoch: int) -> None:
@@ -65,14 +66,15 @@ class WorkerDisplay:
     def on_epoch(self, epoch: int, value: float) -> None:
         # "best" is the best completed trial's value: an epoch of a running trial is not a result.
         self.console.print(f"trial {self._trial} epoch {epoch}: {self.spec.metric.name} {value:.4f}  "
-                           f"({self._against_target(self.best)})")
+                           f"({self._against_target(self.best)})", markup=False)
 
     def trial_ended(self, event: TrialEvent) -> None:
-        value = f"{self.spec.metric.name} {event.value:.4f}" if event.value is not None else ""
+        # The metric's name, the reason (an exception's text): shown as text, never read as markup.
+        value = escape(f"{self.spec.metric.name} {event.value:.4f}") if event.value is not None else ""
         if event.kind == "complete":
             outcome = f"[green]trial {event.trial} complete[/]: {value}"
         else:
-            reason = (event.reason or event.kind).removeprefix("pruned ")
+            reason = escape((event.reason or event.kind).removeprefix("pruned "))
             style = "yellow" if event.kind == "pruned" else "red"
             outcome = f"[{style}]trial {event.trial} {event.kind}[/] {reason}" + (f" ({value})" if value else "")
         reached = "  [bold green]target reached" if self.best is not None and self.spec.reached(self.best) else ""

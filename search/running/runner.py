@@ -27,14 +27,17 @@ from search.cluster.torchrun import train_distributed
 from search.running.events import Sink
 from search.running.oom import train_retrying_oom
 from search.running.reporting import EmittingReporter, train_once
+from search.spec import name_as_path
 
 
 def trial_checkpoint_dir(trial: optuna.Trial) -> Path:
     """Where a trial keeps its checkpoint: a re-run of a dead worker's trial (it names the first
-    one) gets the same folder, and continues from it."""
+    one) gets the same folder, and continues from it. The study's name comes from the storage,
+    where another tool may have put any string: it is a folder only through ``name_as_path``,
+    always inside the checkpoint root."""
     system_attrs = trial.study._storage.get_trial_system_attrs(trial._trial_id)
-    first = system_attrs.get(TrialSystemAttr.FAILED_TRIAL, trial.number)
-    return checkpoint_root() / trial.study.study_name / f"trial-{first}"
+    first = int(system_attrs.get(TrialSystemAttr.FAILED_TRIAL, trial.number))
+    return checkpoint_root() / name_as_path(trial.study.study_name) / f"trial-{first}"
 
 
 @dataclass

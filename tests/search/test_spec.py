@@ -88,7 +88,11 @@ def _edit(path: str, value) -> callable:
     (_edit("known_configs.1.params.max_length", 64), r"known_configs\.1\.params\.max_length: not in the space"),
     (_edit("known_configs.1.params.momentum", 0.9), r"known_configs\.1\.params\.momentum: not a parameter of objective"),
     (_edit("known_configs.2.name", "baseline"), r"known_configs\.2\.name: 'baseline' appears twice"),
-    (_edit("name", "Recipe MPR"), r"name: String should match pattern"),
+    (_edit("name", "Recipe MPR"), r"name: 'Recipe MPR': not a study name: expected lowercase letters, digits"),
+    (_edit("name", "../up"), r"name: '\.\./up': not a study name"),
+    (_edit("name", "x[/]"), r"name: 'x\[/\]': not a study name"),
+    (_edit("name", "a\nb"), r"name: 'a\\nb': not a study name"),
+    (_edit("name", "a" * 201), r"name: 'a+': not a study name: 201 characters \(expected .*at most 200 characters\)"),
     (_edit("baseline.computed", True), r"baseline: give either a value or computed: true"),
     (_edit("baseline.value", None), r"baseline: give either a value or computed: true"),
     (lambda s: s["baseline"].update(value=None, computed=True), r"baseline\.computed: objective recipe_mpr computes no baseline"),
@@ -193,3 +197,15 @@ def test_a_study_trains_and_exports_with_the_defaults_it_was_created_with(tmp_pa
     exported = export_config(study, spec, first, "best.yaml")
     assert exported["params"] == first.user_attrs["params"], "export reads what the trial ran with"
     assert exported["params"]["max_grad_norm"] == 1.0
+
+
+def test_a_name_given_to_build_study_follows_the_spec_name_rule(tmp_path, tiny_model):
+    """Any caller of build_study (another tool, the dashboard's API), not only the CLI: a name that
+    would be a path, a line or markup is refused before the storage is touched."""
+    spec = validate(spec_dict("names", tiny_model), "x.yaml")
+    journal = tmp_path / "s.journal"
+    storage = open_storage(str(journal))
+    for bad in ("/some/dir", "../up", "a\nb", "x[/]", "a" * 201):
+        with pytest.raises(SpecError, match="not a study name"):
+            build_study(spec, storage, name=bad)
+    assert optuna.get_all_study_summaries(storage, include_best_trial=False) == []

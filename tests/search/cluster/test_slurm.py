@@ -91,3 +91,52 @@ def test_sizes_that_do_not_fit_are_one_line(slurm, tmp_path, args, message):
     code, _, err = slurm("--nodes", "1", *args)
     assert code == 2 and err.strip() == message
     assert list(tmp_path.glob("*.sbatch")) == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--partition", "gpu\necho injected"], "error: --partition 'gpu\\necho injected': expected one word"),
+    (["--partition", "gpu;echo injected"], "error: --partition 'gpu;echo injected': expected one word"),
+    (["--partition", "gpu x"], "error: --partition 'gpu x': expected one word"),
+    (["--time", "01:00:00\necho injected"], "error: --time '01:00:00\\necho injected': expected HH:MM:SS"),
+    (["--name", "x\necho injected"], "error: --name 'x\\necho injected': not a study name"),
+    (["--name", "$(echo injected)"], "error: --name '$(echo injected)': not a study name"),
+])
+def test_a_value_that_would_add_a_line_or_a_command_is_refused(slurm, tmp_path, args, message):
+    code, _, err = slurm("--nodes", "1", "--gpus-per-node", "1", *args)
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == [], "no script written"
+
+
+def test_a_partition_is_one_sbatch_line_and_nothing_else(slurm, tmp_path):
+    assert slurm("--nodes", "1", "--gpus-per-node", "1", "-o", "plain.sbatch")[0] == 0
+    assert slurm("--nodes", "1", "--gpus-per-node", "1", "--partition", "gpu-a100", "-o", "part.sbatch")[0] == 0
+    plain = (tmp_path / "plain.sbatch").read_text().splitlines()
+    part = (tmp_path / "part.sbatch").read_text().splitlines()
+    assert [line for line in part if line not in plain] == ["#SBATCH --partition=gpu-a100"]
+    assert len(part) == len(plain) + 1
+
+
+def test_o_does_not_overwrite_a_file_it_did_not_write_without_force(slurm, tmp_path):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes\n")
+    code, _, err = slurm("--nodes", "1", "--gpus-per-node", "1", "-o", "notes.txt")
+    assert code == 2 and err.count("\n") == 1
+    assert "notes.txt exists and was not written by `search slurm`" in err and "--force" in err
+    assert mine.read_text() == "my notes\n"
+
+    assert slurm("--nodes", "1", "--gpus-per-node", "1", "-o", "job.sbatch")[0] == 0
+    code, _, err = slurm("--nodes", "2", "--gpus-per-node", "1", "-o", "job.sbatch")
+    assert code == 0, "its own script is rewritten"
+    assert sbatch_options((tmp_path / "job.sbatch").read_text())["--nodes"] == "2"
+
+    code, _, err = slurm("--nodes", "1", "--gpus-per-node", "1", "-o", "notes.txt", "--force")
+    assert code == 0, err
+    assert (tmp_path / "notes.txt").read_text().startswith("#!/bin/bash\n# Written by `search slurm`")
+
+
+def test_the_default_script_name_is_the_study_name(slurm, tmp_path):
+    code, _, err = slurm("--nodes", "1", "--gpus-per-node", "1", "--name", "mpr.v2_a")
+    assert code == 0, err
+    script = (tmp_path / "search-mpr.v2_a.sbatch").read_text()
+    assert sbatch_options(script)["--job-name"] == "search-mpr.v2_a"
+    assert parse_cli(srun_line(script)[srun_line(script).index("worker"):]).params["name"] == "mpr.v2_a"
