@@ -166,9 +166,10 @@ def load_safe(path: Path) -> Any:
     """Read what ``dump_safe`` wrote; never unpickles (a pickle or an object array is a ValueError)."""
     import numpy as np
 
-    with np.load(path, allow_pickle=False) as archive:
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path}: not an .npz archive")
+    archive = np.load(path, allow_pickle=False)
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy: data, but not an entry
+        raise ValueError(f"{path}: not an .npz archive")  # noqa: TRY004 - bad file content, rebuilt like the others
+    with archive:
         structure = json.loads(archive[_STRUCTURE].tobytes())
         pool = archive[_POOL].tolist()
 

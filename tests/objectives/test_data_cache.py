@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import REPO
+
 from objectives import _data
 
 
@@ -91,6 +91,22 @@ def test_a_planted_pickle_is_never_run_and_the_entry_is_rebuilt(cache_home, tmp_
     assert value["ids"].tolist() == [0, 1, 2, 3, 4]
     reread = _data.cached("demo", key, lambda: "never returned")
     assert reread["offsets"].tolist() == [0, 2, 5] and not marker.exists()
+
+
+def test_any_other_file_at_the_entry_is_rebuilt(cache_home):
+    key = {"k": 1}
+    path = _data.cache_path("demo", _data.cache_digest(key))
+    path.parent.mkdir(parents=True)
+    with open(path, "wb") as f:
+        np.save(f, np.arange(3))  # a bare .npy
+    assert _data.cached("demo", key, lambda: [1, 2]) == [1, 2]
+    with open(path, "wb") as f:
+        np.savez(f, other=np.arange(3))  # an .npz that is not an entry
+    assert _data.cached("demo", key, lambda: [3]) == [3]
+    with open(path, "wb") as f:
+        np.savez(f, **{"structure.json": np.frombuffer(b'{"__array__": "missing"}', dtype=np.uint8),
+                       "ints": np.arange(0)})
+    assert _data.cached("demo", key, lambda: [4]) == [4]
 
 
 def test_the_cached_structures_read_back_as_written(cache_home):

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import known
+
 from storage import StorageError, mask_url, open_storage
 from storage._open import PLACEHOLDER_PASSWORD
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-
 from helpers import ok
 
 
