@@ -207,6 +207,7 @@ def test_a_reader_never_sees_a_half_written_file(tmp_path):
         complete = broken = 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            done = (folder.parent / "writer-done").exists()  # before the pass: the last pass reads the final file
             for f in folder.glob("*.npz") if folder.exists() else ():
                 try:
                     value = _data.load_safe(f)
@@ -216,7 +217,7 @@ def test_a_reader_never_sees_a_half_written_file(tmp_path):
                     broken += 1
                     continue
                 complete += len(value) == 1_000_000 and int(value[-1]) == 999_999
-            if (folder.parent / "writer-done").exists():
+            if done:
                 break
         print(complete, broken)
     """
