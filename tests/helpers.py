@@ -193,3 +193,16 @@ class FinishedStudy:
         self.store, self.name, self.spec, self.stdout, self.stderr = store, name, spec, stdout, stderr
 
 
+
+
+def minilm_epoch(cli: Any, folder: Path, config: dict[str, Any], classes: tuple[str, ...]) -> None:
+    """``search run`` of one real MiniLM epoch from ``config``: one epoch line, the table's
+    validation figure is that epoch's, and a per-slice row for each of ``classes``."""
+    (folder / "minilm.yaml").write_text(yaml.safe_dump(config))
+    result = ok(cli("run", "--config", "minilm.yaml", timeout=900))
+    epochs = re.findall(r"^epoch (\d+): ([0-9.]+)$", result.stdout, flags=re.M)
+    assert [e for e, _ in epochs] == ["1"], result.stdout
+    validation = re.search(r"this run \(validation, 100 items\)\s*│\s*([0-9.]+)", result.stdout)
+    assert validation and validation.group(1) == epochs[0][1], result.stdout
+    for name in classes:
+        assert re.search(rf"│ {re.escape(name)}\s*│\s*[0-9.]+\s*│\s*\d+\s*│", result.stdout), f"no {name} row"

@@ -4,13 +4,11 @@ validation split, per-class accuracy and time per epoch on every trial, test onl
 from __future__ import annotations
 
 import collections
-import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from helpers import REPO, Recording, ok, shared_data
+from helpers import minilm_epoch, REPO, Recording, shared_data
 from objectives import SetupError
 from search.spec import load_spec
 
@@ -137,11 +135,4 @@ def test_one_short_epoch_of_minilm_on_ag_news(ag_dir, cli, tmp_path):
               "params": {"model_name_or_path": "minilm", "num_train_epochs": 1, "learning_rate": 5e-5,
                          "max_seq_len": 64, "per_device_train_batch_size": 16, "max_train_samples": 160,
                          "max_eval_samples": 100}}
-    (tmp_path / "minilm.yaml").write_text(yaml.safe_dump(config))
-    result = ok(cli("run", "--config", "minilm.yaml", timeout=900))
-    epochs = re.findall(r"^epoch (\d+): ([0-9.]+)$", result.stdout, flags=re.M)
-    assert [e for e, _ in epochs] == ["1"], result.stdout
-    validation = re.search(r"this run \(validation, 100 items\)\s*│\s*([0-9.]+)", result.stdout)
-    assert validation and validation.group(1) == epochs[0][1], result.stdout
-    for name in CLASSES:
-        assert re.search(rf"│ {re.escape(name)}\s*│\s*[0-9.]+\s*│\s*\d+\s*│", result.stdout), f"no {name} row"
+    minilm_epoch(cli, tmp_path, config, CLASSES)

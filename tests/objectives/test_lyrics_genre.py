@@ -14,7 +14,7 @@ import pytest
 import yaml
 from optuna_dashboard import get_note
 
-from helpers import REPO, Recording, ok, shared_data
+from helpers import REPO, Recording, minilm_epoch, ok, shared_data
 from objectives import SetupError
 from search.spec import load_spec
 from storage import open_storage
@@ -275,11 +275,4 @@ def test_one_short_epoch_of_minilm_on_the_lyrics(lyrics_dir, cli, tmp_path):
               "params": {"model_name_or_path": "minilm", "num_train_epochs": 1, "learning_rate": 5e-5,
                          "samples_per_genre": 24, "max_length": 64, "per_device_train_batch_size": 16,
                          "max_eval_samples": 100}}
-    (tmp_path / "minilm.yaml").write_text(yaml.safe_dump(config))
-    result = ok(cli("run", "--config", "minilm.yaml", timeout=900))
-    epochs = re.findall(r"^epoch (\d+): ([0-9.]+)$", result.stdout, flags=re.M)
-    assert [e for e, _ in epochs] == ["1"], result.stdout
-    validation = re.search(r"this run \(validation, 100 items\)\s*│\s*([0-9.]+)", result.stdout)
-    assert validation and validation.group(1) == epochs[0][1], result.stdout
-    for genre in ("Rap", "Country", "R&B", "Rock", "Pop"):
-        assert re.search(rf"│ {re.escape(genre)}\s*│\s*[0-9.]+\s*│\s*\d+\s*│", result.stdout), f"no {genre} row"
+    minilm_epoch(cli, tmp_path, config, ("Rap", "Country", "R&B", "Rock", "Pop"))
