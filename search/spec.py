@@ -83,7 +83,6 @@ class FloatParam(_Strict):
             raise ValueError("step and log cannot be combined")
         return self
 
-
     def contains(self, value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
 
@@ -103,7 +102,6 @@ class IntParam(_Strict):
             raise ValueError("a log scale needs low > 0")
         return self
 
-
     def contains(self, value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
 
@@ -111,7 +109,6 @@ class IntParam(_Strict):
 class CategoricalParam(_Strict):
     type: Literal["categorical"]
     choices: list[Union[bool, int, float, str]] = Field(min_length=1)
-
 
     def contains(self, value: Any) -> bool:
         return value in self.choices
