@@ -6,10 +6,7 @@ import html
 import json
 import re
 import shutil
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -23,25 +20,6 @@ from search.study import recorded_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REPORTS = REPO / "test-reports"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"dashboard exited {proc.returncode}: {proc.communicate()}")
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"dashboard did not answer at {url}")
 
 
 def _chromium(*args: str, user_data: Path) -> str:
@@ -66,14 +44,12 @@ def _stored_plots(storage: optuna.storages.BaseStorage, name: str) -> dict[str, 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
 @pytest.mark.parametrize("pruned_study", ["postgresql"], indirect=True)
-def test_dashboard_in_chromium_shows_note_target_baseline_best_and_plots(pruned_study, start_cli, tmp_path):
+def test_dashboard_in_chromium_shows_note_target_baseline_best_and_plots(pruned_study, dashboard, tmp_path):
     store, name = pruned_study.store, pruned_study.name
     study = optuna.load_study(study_name=name, storage=store.optuna)
     study_id = store.optuna.get_study_id_from_name(name)
-    port = _free_port()
-    server = start_cli("dashboard", "--storage", store.url, "--port", str(port))
-    base = f"http://127.0.0.1:{port}"
-    _wait_http(f"{base}/api/studies", server)
+    served = dashboard("--storage", store.url)  # read-only, as served by default
+    base = served.base
 
     note_page = _text(_chromium("--dump-dom", f"{base}/dashboard/studies/{study_id}/note", user_data=tmp_path / "c1"))
     assert f"{name}: accuracy, maximize" in note_page
@@ -92,6 +68,12 @@ def test_dashboard_in_chromium_shows_note_target_baseline_best_and_plots(pruned_
     _chromium("--window-size=1400,2400", f"--screenshot={shot}", f"{base}/dashboard/studies/{study_id}",
               user_data=tmp_path / "c3")
     assert shot.stat().st_size > 10_000
+
+    # The pages only read: every request they made was a GET the read-only server answered.
+    _, log = served.stop()
+    requests = re.findall(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3})', log)
+    assert requests and {method for method, _, _ in requests} == {"GET"}, requests
+    assert not [r for r in requests if r[2] in ("400", "403")], requests
 
 
 def test_each_trial_has_a_note_with_its_config_slices_time_and_end(pruned_study):
