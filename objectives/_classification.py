@@ -25,10 +25,19 @@ from transformers import AutoModelForSequenceClassification
 
 from objectives._data import cached, tokenizer_digest
 from objectives.engine import TrainingArguments, autocast_dtype, device, fit, predict
+from objectives.engine.arguments import engine_accepts
 from objectives._models import load_model, load_tokenizer
-from objectives.contract import Reporter
+from objectives.contract import Range, Reporter, Rule
 
 METRIC = "accuracy"
+
+
+def accepts(params: Mapping[str, Any]) -> dict[str, Rule]:
+    """The rules for the parameters both classification tasks take (their ``ACCEPTS`` adds its own):
+    the engine's settings, the split seed, the dropout (None: the checkpoint's own) and the cap on
+    validation items (None: all)."""
+    return {**engine_accepts(params), "split_seed": Range(ge=0), "dropout": Range(ge=0, lt=1, optional=True),
+            "max_eval_samples": Range(ge=1, integer=True, optional=True)}
 
 
 # --- data -----------------------------------------------------------------------------------

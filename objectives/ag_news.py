@@ -22,7 +22,7 @@ from typing import Any
 from objectives import _classification
 from objectives._classification import Corpus, LabelledTexts
 from objectives._data import DATA_ENV, task_files
-from objectives.contract import Reporter, SetupError
+from objectives.contract import Range, Reporter, SetupError
 
 METRIC = "accuracy"
 EXTRA_METRICS = ("macro_f1", "seconds_per_epoch")
@@ -50,6 +50,12 @@ PARAMS: dict[str, Any] = {
     "seed": 42,
     "max_train_samples": None,  # train on the first N training rows only (quick checks; HF's name)
     "max_eval_samples": None,  # score only the first N validation rows (quick checks; never for a study)
+}
+ACCEPTS = {
+    **_classification.accepts(PARAMS),
+    "validation_fraction": Range(gt=0, lt=1),
+    "max_seq_len": Range(ge=8),
+    "max_train_samples": Range(ge=1, integer=True, optional=True),
 }
 
 

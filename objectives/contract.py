@@ -12,6 +12,11 @@ objective is loaded: a missing or ill-typed part is refused in one line that nam
 
 and optionally:
 
+- ``ACCEPTS``: the values a parameter takes, for those where a value of the right type can still
+  be wrong (``{"learning_rate": Range(gt=0), "mixed_precision": OneOf("auto", "no", "bf16")}``);
+  a spec, ``--set`` and the known configurations are checked against it (``Objective.check``)
+  before anything is stored. Whatever the declaration, a number must be finite and of its
+  default's type;
 - ``FOLDS``: folds that confirmation trains on, once each (``params["fold"]``);
 - ``EXTRA_METRICS``: other figures it records on the trial, which a spec's ``references`` may name;
 - ``compute_baseline(params) -> {"value", "slices", "detail"}``: a baseline measured on the study's
@@ -25,9 +30,11 @@ dashboard and confirmation read them. An objective knows nothing of storages or 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
@@ -85,6 +92,89 @@ class TrialReporter(Reporter):
         self.trial.set_user_attr(key, value)
 
 
+@dataclass(frozen=True)
+class Range:
+    """A finite number within bounds: ``Range(gt=0)`` (a learning rate), ``Range(ge=1)`` (a batch
+    size; on an int parameter only integers), ``Range(ge=0, lt=1)`` (a dropout probability).
+    ``optional``: None is accepted too (where the parameter's None means "the model's own")."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    integer: bool = False
+    optional: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if not is_number(value) or not math.isfinite(value) or (self.integer and not isinstance(value, int)):
+            return False
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if low and high:
+            bounds = f" in {low}, {high}"
+        elif low:
+            bounds = f" {'>=' if self.ge is not None else '>'} {low[1:]}"
+        elif high:
+            bounds = f" {'<=' if self.le is not None else '<'} {high[:-1]}"
+        else:
+            bounds = ""
+        return f"{kind}{bounds}{' or null' if self.optional else ''}"
+
+
+@dataclass(frozen=True, init=False)
+class OneOf:
+    """One of a few values: ``OneOf("auto", "no", "bf16", "fp16")``; a value matches one of the
+    same type only (``True`` is not ``1``)."""
+
+    choices: tuple[Any, ...]
+
+    def __init__(self, *choices: Any) -> None:
+        object.__setattr__(self, "choices", choices)
+
+    def accepts(self, value: Any) -> bool:
+        return any(type(value) is type(choice) and value == choice for choice in self.choices)
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join("null" if c is None else repr(c) for c in self.choices)
+
+
+#: What ``ACCEPTS`` maps a parameter to.
+Rule = Range | OneOf
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float, not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _same_type(value: Any, default: Any) -> bool:
+    """Is ``value`` of the type of ``default`` (an int is a float; a bool is not an int)?"""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return is_number(value)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, int):
+        return "an integer"
+    return {str: "a string", list: "a list", dict: "a mapping"}.get(type(default), f"a {type(default).__name__}")
+
+
 class ObjectiveModule(Protocol):
     """The required part of an objective module (the optional parts: see the module docstring)."""
 
@@ -110,11 +200,24 @@ class Objective:
     extra_metrics: tuple[str, ...] = ()
     compute_baseline: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     resumable: bool = False
+    accepts: Mapping[str, Rule] = field(default_factory=dict)  # the values a parameter takes (ACCEPTS)
 
     @property
     def metrics(self) -> tuple[str, ...]:
         """Every figure it records on a trial: the metric first."""
         return (self.metric, *self.extra_metrics)
+
+    def check(self, name: str, value: Any) -> str | None:
+        """What is wrong with ``value`` for parameter ``name`` (one of ``params``), or None: not of
+        its default's type (a None default takes any), not finite, or not what ``accepts`` says."""
+        default, rule = self.params[name], self.accepts.get(name)
+        if default is not None and not _same_type(value, default) and not (rule and rule.accepts(value)):
+            return f"{value!r} is not {rule or _type_name(default)}"
+        if is_number(value) and not math.isfinite(value):
+            return f"{value!r} is not a finite number"
+        if rule is not None and not rule.accepts(value):
+            return f"{value!r} is not {rule}"
+        return None
 
     @classmethod
     def from_module(cls, name: str, module: ModuleType | Any) -> Objective:
@@ -148,4 +251,25 @@ class Objective:
         if not isinstance(resumable, bool):
             raise fail("RESUMABLE", "must be True or False")
         return cls(name=name, metric=metric, params=dict(params), prepare=module.prepare, train=module.train,
-                   folds=tuple(folds), extra_metrics=tuple(extra), compute_baseline=baseline, resumable=resumable)
+                   folds=tuple(folds), extra_metrics=tuple(extra), compute_baseline=baseline, resumable=resumable,
+                   accepts=_accepts(getattr(module, "ACCEPTS", {}), params, fail))
+
+
+def _accepts(declared: Any, params: Mapping[str, Any], fail: Callable[[str, str], SetupError]) -> dict[str, Rule]:
+    """A module's ``ACCEPTS``, checked: a rule per parameter it takes, each accepting the default.
+    A ``Range`` on an int parameter counts integers only."""
+    if not isinstance(declared, Mapping):
+        raise fail("ACCEPTS", "must be a dict of parameter names to Range(...) or OneOf(...)")
+    accepts = {}
+    for name, rule in declared.items():
+        if name not in params:
+            raise fail(f"ACCEPTS.{name}", "not a parameter in PARAMS")
+        if not isinstance(rule, (Range, OneOf)):
+            raise fail(f"ACCEPTS.{name}", f"{rule!r} is not a Range(...) or OneOf(...)")
+        default = params[name]
+        if isinstance(rule, Range) and _same_type(default, 0) and not rule.integer:
+            rule = dataclasses.replace(rule, integer=True)
+        if not rule.accepts(default):
+            raise fail(f"ACCEPTS.{name}", f"the default {default!r} is not {rule}")
+        accepts[name] = rule
+    return accepts

@@ -31,7 +31,7 @@ import numpy as np
 from objectives import _classification
 from objectives._classification import Corpus, LabelledTexts
 from objectives._data import DATA_ENV, cache_dir, task_files
-from objectives.contract import Reporter, SetupError
+from objectives.contract import Range, Reporter, SetupError
 
 METRIC = "accuracy"
 EXTRA_METRICS = ("macro_f1", "seconds_per_epoch")
@@ -60,6 +60,11 @@ PARAMS: dict[str, Any] = {
     "mixed_precision": "auto",
     "seed": 42,
     "max_eval_samples": None,  # score only the first N validation songs (quick checks; never for a study)
+}
+ACCEPTS = {
+    **_classification.accepts(PARAMS),
+    "samples_per_genre": Range(ge=1),
+    "max_length": Range(ge=8),
 }
 
 

@@ -23,8 +23,9 @@ from transformers import AutoModelForMultipleChoice
 
 from objectives._data import cached, file_digest, task_files, tokenizer_digest
 from objectives.engine import TrainingArguments, fit, predict
+from objectives.engine.arguments import PROBABILITY_BELOW_1, engine_accepts
 from objectives._models import load_model, load_tokenizer
-from objectives.contract import Reporter, SetupError
+from objectives.contract import OneOf, Range, Reporter, SetupError
 
 METRIC = "accuracy"
 FOLDS = range(5)  # confirmation trains once per official fold and scores its held-out test items
@@ -51,6 +52,15 @@ PARAMS: dict[str, Any] = {
     "max_grad_norm": 1.0,
     "mixed_precision": "auto",
     "seed": 42,
+}
+ACCEPTS = {
+    **engine_accepts(PARAMS),
+    "fold": OneOf(*FOLDS),
+    "validation_fraction": Range(gt=0, lt=1),
+    "split_seed": Range(ge=0),
+    "shuffle_seed": Range(ge=0),
+    "max_length": Range(ge=8),  # a query, an option and three special tokens
+    "dropout": PROBABILITY_BELOW_1,
 }
 
 

@@ -7,6 +7,7 @@ import inspect
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -15,12 +16,29 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from objectives import Objective, SetupError, load_objective
+from objectives.contract import OneOf, is_number
 
 SPACES_ENV = "SEARCH_SPACES_DIR"
 
 
 class SpecError(Exception):
     """A spec that cannot be used; the message names the file, the key and what is allowed."""
+
+
+class NumbersLoader(yaml.SafeLoader):
+    """YAML with numbers as people write them: ``1e-4`` and ``3e3`` are floats, as in YAML 1.2
+    (PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so they are strings)."""
+
+
+NumbersLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    """A spec, or a ``--set`` value: safe YAML, with YAML 1.2's floats (``NumbersLoader``)."""
+    return yaml.load(text, Loader=NumbersLoader)  # noqa: S506 - a SafeLoader
 
 
 # One rule for every study name this service creates (the spec's ``name``, ``--name``): a name is
@@ -66,12 +84,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A number in a spec is finite: an infinite bound or a NaN target would be taken at its word.
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class FloatParam(_Strict):
     type: Literal["float"]
-    low: float
-    high: float
+    low: Finite
+    high: Finite
     log: bool = False
-    step: float | None = None
+    step: Annotated[Finite, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> FloatParam:
@@ -92,7 +114,7 @@ class IntParam(_Strict):
     low: int
     high: int
     log: bool = False
-    step: int = 1
+    step: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> IntParam:
@@ -126,7 +148,7 @@ class Target(_Strict):
     """What the user is chasing: a figure, or ``beat: baseline`` (the target is to do better
     than the baseline, computed or not)."""
 
-    value: float | None = None
+    value: Finite | None = None
     source: str
     beat: Literal["baseline"] | None = None
 
@@ -142,9 +164,9 @@ class Baseline(_Strict):
     study's own data when the study is created (``computed: true``, e.g. TF-IDF + logistic
     regression on the same splits); it is then stored on the study."""
 
-    value: float | None = None
+    value: Finite | None = None
     source: str
-    slices: dict[str, float] = {}
+    slices: dict[str, Finite] = {}
     computed: bool = False
 
     @model_validator(mode="after")
@@ -159,7 +181,7 @@ class Line(_Strict):
     ``metric`` names another figure the objective records on each trial (default: the study's)."""
 
     name: str
-    value: float
+    value: Finite
     source: str
     metric: str | None = None
 
@@ -255,6 +277,18 @@ class StudySpec(_Strict):
         """The complete parameters of one run: objective defaults < fixed < tuned."""
         return {**self.defaults(), **self.fixed, **tuned}
 
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The searched parameters of one trial, drawn by its study's sampler."""
+        out = {}
+        for name, param in self.space.items():
+            if param.type == "float":
+                out[name] = trial.suggest_float(name, param.low, param.high, log=param.log, step=param.step)
+            elif param.type == "int":
+                out[name] = trial.suggest_int(name, param.low, param.high, log=param.log, step=param.step)
+            else:
+                out[name] = trial.suggest_categorical(name, param.choices)
+        return out
+
     def build_sampler(self) -> optuna.samplers.BaseSampler:
         return self.sampler.build(optuna.samplers)
 
@@ -278,10 +312,14 @@ class StudySpec(_Strict):
         """Pin parameters: a searched one leaves the space (and the known configs) for ``fixed``."""
         if not overrides:
             return self
-        allowed = self.objective_module.params
-        for key in overrides:
-            if key not in allowed:
-                raise SpecError(f"{source} {key}: not a parameter of objective {self.objective} (allowed: {', '.join(allowed)})")
+        objective = self.objective_module
+        for key, value in overrides.items():
+            if key not in objective.params:
+                raise SpecError(f"{source} {key}: not a parameter of objective {self.objective} "
+                                f"(allowed: {', '.join(objective.params)})")
+            problem = objective.check(key, value)
+            if problem:
+                raise SpecError(f"{source} {key}: {problem}")
         data = self.as_dict()
         data["fixed"] = {**data["fixed"], **overrides}
         data["space"] = {k: v for k, v in data["space"].items() if k not in overrides}
@@ -319,7 +357,7 @@ def load_spec(study: str, overrides: dict[str, Any] | None = None) -> StudySpec:
         known = ", ".join(available_specs()) or "none"
         raise SpecError(f"no study spec {study!r}: {path} does not exist (specs in {spaces_dir()}: {known})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -328,7 +366,10 @@ def load_spec(study: str, overrides: dict[str, Any] | None = None) -> StudySpec:
     return spec.with_overrides(overrides or {}, source=f"{path}: --set")
 
 
-def validate(data: Any, source: str) -> StudySpec:
+def validate(data: Any, source: str, *, recorded: bool = False) -> StudySpec:
+    """``data`` as a spec, or SpecError in one line naming ``source``, the key and what is allowed.
+    ``recorded``: a spec read back from its study, checked for shape only: its values were
+    accepted when the study was created, and today's objective may accept others."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a study spec is a mapping (name, objective, metric, target, baseline, space, ...)")
     try:
@@ -343,7 +384,7 @@ def validate(data: Any, source: str) -> StudySpec:
         if err["type"] == "extra_forbidden":
             msg = f"unknown key (allowed: {_allowed_keys(err['loc'])})"
         raise SpecError(f"{source}: {loc or 'spec'}: {msg}") from None
-    _check_against_objective(spec, source)
+    _check_against_objective(spec, source, values=not recorded)
     if spec.target.beat and spec.baseline.value is not None and spec.target.value is None:
         spec = spec.with_baseline(spec.baseline.value, spec.baseline.source, spec.baseline.slices)
     return spec
@@ -364,7 +405,7 @@ def _allowed_keys(loc: tuple[Any, ...]) -> str:
     return ", ".join(model.model_fields)
 
 
-def _check_against_objective(spec: StudySpec, source: str) -> None:
+def _check_against_objective(spec: StudySpec, source: str, *, values: bool = True) -> None:
     try:
         objective = load_objective(spec.objective)
     except SetupError as e:
@@ -385,19 +426,8 @@ def _check_against_objective(spec: StudySpec, source: str) -> None:
                 raise SpecError(f"{source}: {section}.{key}: not a parameter of objective {spec.objective} (allowed: {', '.join(allowed)})")
     for key in set(spec.fixed) & set(spec.space):
         raise SpecError(f"{source}: space.{key}: also in fixed; a parameter is either fixed or searched")
-    for key, value in spec.fixed.items():
-        default = allowed[key]
-        if default is not None and not _same_kind(value, default):
-            raise SpecError(f"{source}: fixed.{key}: {value!r} is not a {type(default).__name__}")
-    for kind, attr, cls in (("sampler", spec.sampler, optuna.samplers), ("pruner", spec.pruner, optuna.pruners)):
-        component = getattr(cls, attr.type, None)
-        if not inspect.isclass(component):
-            names = [n for n in dir(cls) if n.endswith(kind.capitalize()) and not n.startswith("Base")]
-            raise SpecError(f"{source}: {kind}.type: {attr.type!r} is not an optuna {kind} (allowed: {', '.join(names)})")
-        accepted = inspect.signature(component).parameters
-        for option in attr.options:
-            if option not in accepted:
-                raise SpecError(f"{source}: {kind}.options.{option}: not an option of {attr.type} (allowed: {', '.join(accepted)})")
+    if values:
+        _check_values(spec, objective, source)
     names = set()
     for i, config in enumerate(spec.known_configs):
         if config.name in names:
@@ -406,20 +436,113 @@ def _check_against_objective(spec: StudySpec, source: str) -> None:
         for key, value in config.params.items():
             where = f"{source}: known_configs.{i}.params.{key}"
             if key in spec.space:
+                _refuse(objective.check(key, value) if values else None, where)
                 if not spec.space[key].contains(value):
                     raise SpecError(f"{where}: {value!r} is outside the space ({_describe(spec.space[key])})")
             elif key in allowed:
                 raise SpecError(f"{where}: not in the space; a known config sets searched parameters only")
             else:
                 raise SpecError(f"{where}: not a parameter of objective {spec.objective}")
+    for kind in ("sampler", "pruner"):
+        _check_component(spec, kind, source, rehearse=values)
 
 
-def _same_kind(value: Any, default: Any) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
+def _check_values(spec: StudySpec, objective: Objective, source: str) -> None:
+    """Every value a run of this spec can get is one the objective accepts (``Objective.check``):
+    the fixed ones, both ends of a searched range (every point, where the objective takes a few
+    values only) and every choice."""
+    for key, value in spec.fixed.items():
+        _refuse(objective.check(key, value), f"{source}: fixed.{key}")
+    for key, param in spec.space.items():
+        where = f"{source}: space.{key}"
+        rule = objective.accepts.get(key)
+        if isinstance(param, CategoricalParam):
+            kinds = {"true/false" if isinstance(c, bool) else "number" if is_number(c) else "string" for c in param.choices}
+            if len(kinds) > 1:
+                raise SpecError(f"{where}.choices: {param.choices} mixes {' and '.join(sorted(kinds))}; "
+                                "choices are all numbers, all strings or all true/false")
+            for choice in param.choices:
+                _refuse(objective.check(key, choice), f"{where}.choices")
+            continue
+        if isinstance(param, FloatParam) and _is_int(objective.params[key]):
+            raise SpecError(f"{where}.type: float, but {key} is an integer (default {objective.params[key]}); use type: int")
+        if isinstance(rule, OneOf):
+            if isinstance(param, FloatParam):
+                raise SpecError(f"{where}.type: float, but {key} is {rule}; search it as categorical")
+            # the first point outside the choices comes within len(choices) + 1 points
+            for point in range(param.low, param.high + 1, param.step):
+                _refuse(objective.check(key, point), where)
+        for end in ("low", "high"):
+            _refuse(objective.check(key, getattr(param, end)), f"{where}.{end}")
+
+
+def _refuse(problem: str | None, where: str) -> None:
+    if problem:
+        raise SpecError(f"{where}: {problem}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_COMPONENTS = {"sampler": (optuna.samplers, optuna.samplers.BaseSampler),
+               "pruner": (optuna.pruners, optuna.pruners.BasePruner)}
+
+
+def _components(kind: str) -> dict[str, type]:
+    """The public ``optuna.samplers`` (or ``optuna.pruners``) classes a spec may name."""
+    namespace, base = _COMPONENTS[kind]
+    return {name: value for name in dir(namespace)
+            if not name.startswith(("_", "Base")) and inspect.isclass(value := getattr(namespace, name))
+            and issubclass(value, base)}
+
+
+def _check_component(spec: StudySpec, kind: str, source: str, *, rehearse: bool = True) -> None:
+    """The spec's sampler (or pruner) is an Optuna one and takes the options given; ``rehearse``:
+    it works too: built with them, it runs two trials of this spec's space on a throwaway
+    in-memory study (Optuna checks most options at first use). A failure names the option."""
+    component: Component = getattr(spec, kind)
+    known = _components(kind)
+    if component.type not in known:
+        raise SpecError(f"{source}: {kind}.type: {component.type!r} is not an optuna {kind} (allowed: {', '.join(known)})")
+    accepted = inspect.signature(known[component.type]).parameters
+    for option in component.options:
+        if option not in accepted:
+            raise SpecError(f"{source}: {kind}.options.{option}: not an option of {component.type} "
+                            f"(allowed: {', '.join(accepted)})")
+    error = _rehearse(spec, kind, component.options) if rehearse else None
+    if error is None:
+        return
+    culprit = next((o for o in component.options if _rehearse(spec, kind, {o: component.options[o]})), None)
+    if culprit is not None:
+        raise SpecError(f"{source}: {kind}.options.{culprit}: {component.options[culprit]!r} refused by "
+                        f"{component.type}: {error}")
+    where = f"{kind}.options" if component.options else f"{kind}.type"
+    raise SpecError(f"{source}: {where}: {component.type} fails with {_options(component.options)}: {error}")
+
+
+def _rehearse(spec: StudySpec, kind: str, options: dict[str, Any]) -> str | None:
+    """Why the spec's sampler (or pruner) with ``options`` fails on two trials of its space, in
+    one line; None if it does not. The other component is Optuna's plainest (random, no pruning)."""
+    built = {"sampler": optuna.samplers.RandomSampler(seed=0), "pruner": optuna.pruners.NopPruner()}
+    try:
+        with warnings.catch_warnings():  # an experimental component warns again when the study is built
+            warnings.simplefilter("ignore")
+            built[kind] = _components(kind)[getattr(spec, kind).type](**options)
+            study = optuna.create_study(direction=spec.metric.direction, **built)
+            for _ in range(2):
+                trial = study.ask()
+                spec.suggest(trial)
+                trial.report(0.5, 1)
+                trial.should_prune()
+                study.tell(trial, 0.5)
+    except Exception as e:  # noqa: BLE001 - whatever the component raises is the user's to fix
+        return " ".join(f"{type(e).__name__}: {e}".split())
+    return None
+
+
+def _options(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in options.items()) or "no options"
 
 
 def _describe(param: Any) -> str:

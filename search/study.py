@@ -99,7 +99,7 @@ def recorded_spec(study: optuna.Study) -> StudySpec:
     data = study.user_attrs.get(StudyAttr.SPEC)
     if data is None:
         raise SpecError(f"study {study.study_name!r} has no recorded spec (it was not created by `search worker`)")
-    return as_recorded(validate(data, f"spec recorded on study {study.study_name!r}"), study)
+    return as_recorded(validate(data, f"spec recorded on study {study.study_name!r}", recorded=True), study)
 
 
 def check_same_spec(study: optuna.Study, spec: StudySpec) -> None:
@@ -141,15 +141,4 @@ def load_study(name: str, storage: optuna.storages.BaseStorage, where: str) -> t
     study = optuna.load_study(study_name=name, storage=storage, sampler=spec.build_sampler(), pruner=spec.build_pruner())
     return study, spec
 
-
-def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
-    out = {}
-    for name, param in spec.space.items():
-        if param.type == "float":
-            out[name] = trial.suggest_float(name, param.low, param.high, log=param.log, step=param.step)
-        elif param.type == "int":
-            out[name] = trial.suggest_int(name, param.low, param.high, log=param.log, step=param.step)
-        else:
-            out[name] = trial.suggest_categorical(name, param.choices)
-    return out
 

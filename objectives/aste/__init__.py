@@ -35,8 +35,9 @@ from objectives.aste.evaluation import Triplet, micro_scores, triplet_scores
 from objectives.aste.d2e2s import IGNORE, POLARITIES, SPAN_TYPES, D2E2S, D2E2SConfig
 from objectives._data import task_files
 from objectives.engine import TrainingArguments, autocast_dtype, device, fit, to_device
+from objectives.engine.arguments import PROBABILITY_BELOW_1, engine_accepts
 from objectives._models import load_model, load_tokenizer
-from objectives.contract import Reporter, SetupError
+from objectives.contract import OneOf, Range, Reporter, SetupError
 
 METRIC = "f1"
 EXTRA_METRICS = ("precision", "recall", "aspect_f1", "opinion_f1")
@@ -74,6 +75,17 @@ PARAMS: dict[str, Any] = {
     "neg_triple_count": 100,  # negative (span, span) pairs sampled per training sentence
     "sampling_limit": 100,  # most candidate pairs per sentence: training (gold + negatives) and inference
     "sen_filter_threshold": 0.4,  # polarity probability a predicted triplet needs
+}
+ACCEPTS = {
+    **engine_accepts(PARAMS),
+    "dataset": OneOf(*DATASETS),
+    "max_train_sentences": Range(ge=0),
+    **dict.fromkeys(("drop_out_rate", "prop_drop", "gcn_dropout"), PROBABILITY_BELOW_1),
+    **dict.fromkeys(("hidden_dim", "gcn_dim"), Range(ge=1, integer=True, optional=True)),
+    **dict.fromkeys(("attention_heads", "num_layers", "lstm_layers", "size_embedding", "max_span_size",
+                     "sampling_limit"), Range(ge=1)),
+    **dict.fromkeys(("neg_entity_count", "neg_triple_count"), Range(ge=0)),
+    "sen_filter_threshold": Range(ge=0, le=1),
 }
 _MODEL_KNOBS = tuple(f.name for f in fields(D2E2SConfig))
 

@@ -34,8 +34,9 @@ from objectives.babylm import blimp
 from objectives.engine import checkpoint
 from objectives.babylm import mlm
 from objectives.engine import TrainingArguments, fit
+from objectives.engine.arguments import PROBABILITY_BELOW_1, engine_accepts
 from objectives.babylm.ltg_bert import PRESETS, LtgBertConfig, LtgBertForMaskedLM
-from objectives.contract import Reporter, SetupError
+from objectives.contract import OneOf, Range, Reporter, SetupError
 
 METRIC = "blimp"
 EXTRA_METRICS = ("dev_loss",)
@@ -97,6 +98,23 @@ PARAMS: dict[str, Any] = {
     "grad_norm_threshold": 3.0,
     "output_dir": "",  # if set, the trained model and its tokenizer are saved there (transformers format)
 }
+ACCEPTS = {  # what depends on two parameters (random_p + keep_p, heads dividing the width): check()
+    **engine_accepts(PARAMS),
+    "train_fraction": Range(gt=0, le=1),
+    "vocab_size": Range(ge=64),
+    "tokenizer_min_frequency": Range(ge=0),
+    "max_seq_length": Range(ge=8),
+    "mask_p": Range(gt=0, lt=1),
+    **dict.fromkeys(("short_p", "random_p", "keep_p"), Range(ge=0, le=1)),
+    "model_size": OneOf(*PRESETS),
+    **dict.fromkeys(("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size"),
+                    Range(ge=0)),  # 0: the preset's
+    "position_bucket_size": Range(ge=1),
+    "dropout": PROBABILITY_BELOW_1,
+    **dict.fromkeys(("data_seed", "blimp_subset_seed"), Range(ge=0)),
+    **dict.fromkeys(("dev_max_sequences", "blimp_pairs_per_paradigm"), Range(ge=0)),  # 0: all
+    "pll_tokens_per_batch": Range(ge=1),
+}
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -143,22 +161,17 @@ def model_config(params: dict[str, Any], vocab_size: int) -> LtgBertConfig:
 
 
 def check(params: dict[str, Any]) -> TrainingArguments:
-    """Refuse a bad parameter with one line, before any data is read."""
-    if params["model_size"] not in PRESETS:
-        raise SetupError(f"model_size must be one of {', '.join(PRESETS)}, not {params['model_size']!r}")
+    """Refuse a bad parameter with one line, before any data is read (what ``ACCEPTS`` says, for a
+    caller that did not go through a spec, and what depends on two parameters)."""
+    for name, rule in ACCEPTS.items():
+        if not rule.accepts(params[name]):
+            raise SetupError(f"{name} {params[name]!r} is not {rule}")
     sizes = {**PRESETS[params["model_size"]], **{k: v for k, v in params.items() if k in PRESETS["xs"] and v}}
     if sizes["hidden_size"] % sizes["num_attention_heads"]:
         raise SetupError(f"hidden_size {sizes['hidden_size']} is not a multiple of num_attention_heads "
                          f"{sizes['num_attention_heads']}")
-    for name, ok, allowed in (("mask_p", 0 < params["mask_p"] < 1, "0 < mask_p < 1"),
-                              ("train_fraction", 0 < params["train_fraction"] <= 1, "0 < train_fraction <= 1"),
-                              ("dropout", 0 <= params["dropout"] < 1, "0 <= dropout < 1")):
-        if not ok:
-            raise SetupError(f"{name} {params[name]!r}: expected {allowed}")
-    if params["random_p"] < 0 or params["keep_p"] < 0 or params["random_p"] + params["keep_p"] > 1:
-        raise SetupError("random_p and keep_p must be non-negative and sum to at most 1")
-    if params["max_seq_length"] < 8 or params["vocab_size"] < 64:
-        raise SetupError("max_seq_length must be at least 8 and vocab_size at least 64")
+    if params["random_p"] + params["keep_p"] > 1:
+        raise SetupError("random_p and keep_p must sum to at most 1")
     try:
         return TrainingArguments.from_params({**params, "save_strategy": params["eval_strategy"]})
     except ValueError as e:

@@ -1,12 +1,51 @@
 """The engine's settings, named as in ``transformers.TrainingArguments`` so a config reads like a
 HF run. Fine-tuning needs only the first block; every later default turns a pre-training option
-off."""
+off. ``ACCEPTS``: the values each takes, which an objective declares for the settings it exposes
+(``engine_accepts``) and ``TrainingArguments`` enforces."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+
+from objectives.contract import OneOf, Range, Rule
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")  # what each means: objectives.engine.precision
+PROBABILITY_BELOW_1 = Range(ge=0, lt=1)
+
+ACCEPTS: dict[str, Rule] = {
+    "learning_rate": Range(gt=0),
+    "num_train_epochs": Range(ge=1, integer=True),
+    "per_device_train_batch_size": Range(ge=1, integer=True),
+    "per_device_eval_batch_size": Range(ge=1, integer=True),
+    "gradient_accumulation_steps": Range(ge=1, integer=True),
+    "warmup_steps": Range(ge=0, integer=True),
+    "warmup_ratio": PROBABILITY_BELOW_1,
+    "weight_decay": Range(ge=0),
+    "max_grad_norm": Range(gt=0),  # clipping to 0 would zero every gradient
+    "mixed_precision": OneOf(*MIXED_PRECISION),
+    "seed": Range(ge=0, integer=True),
+    "max_steps": Range(ge=-1, integer=True),  # -1 (or 0): train num_train_epochs
+    "optim": OneOf("adamw", "lamb"),
+    "adam_beta1": PROBABILITY_BELOW_1,
+    "adam_beta2": PROBABILITY_BELOW_1,
+    "adam_epsilon": Range(gt=0),
+    "lr_scheduler_type": OneOf("linear", "cosine", "cosine_with_min_lr"),
+    "min_lr_rate": Range(ge=0, le=1),
+    "eval_strategy": OneOf("epoch", "steps"),
+    "eval_steps": Range(ge=0, integer=True),
+    "save_strategy": OneOf("no", "epoch", "steps"),
+    "logging_steps": Range(ge=0, integer=True),
+    "spike_threshold": Range(gt=0),
+    "spike_window": Range(ge=1, integer=True),
+    "grad_norm_threshold": Range(gt=0),
+}
+
+
+def engine_accepts(params: Mapping[str, Any]) -> dict[str, Rule]:
+    """The engine's rules for the settings among an objective's ``params``, for its ``ACCEPTS``."""
+    return {name: rule for name, rule in ACCEPTS.items() if name in params}
 
 
 @dataclass(kw_only=True)
@@ -39,11 +78,12 @@ class TrainingArguments:
     grad_norm_threshold: float = 3.0
 
     def __post_init__(self) -> None:
-        choices = {"optim": ("adamw", "lamb"), "lr_scheduler_type": ("linear", "cosine", "cosine_with_min_lr"),
-                   "eval_strategy": ("epoch", "steps"), "save_strategy": ("no", self.eval_strategy)}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        for name, rule in ACCEPTS.items():
+            if not rule.accepts(getattr(self, name)):
+                raise ValueError(f"{name} {getattr(self, name)!r} is not {rule}")
+        if self.save_strategy not in ("no", self.eval_strategy):
+            raise ValueError(f"save_strategy must be no or {self.eval_strategy} (the eval_strategy), "
+                             f"not {self.save_strategy!r}")
         if self.eval_strategy == "steps" and self.eval_steps < 1:
             raise ValueError("eval_strategy steps needs eval_steps >= 1")
 

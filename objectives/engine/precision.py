@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-SETTINGS = ("auto", "no", "bf16", "fp16")
+from objectives.engine.arguments import MIXED_PRECISION as SETTINGS
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 

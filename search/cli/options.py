@@ -3,13 +3,14 @@ turns their values into objects: the same flag reads and behaves the same in eve
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 import typer
 import yaml
 
 from search.cli.errors import CommandError
-from search.spec import STUDY_NAME_RULE, SpecError, check_study_name
+from search.spec import STUDY_NAME_RULE, SpecError, check_study_name, read_yaml
 from storage import mask_url, resolve_url
 
 Spec = Annotated[str, typer.Option("--study", help="Spec name in spaces/ (or a spec YAML path).")]
@@ -31,10 +32,30 @@ Name = Annotated[str | None, typer.Option(
     help=f"Study name in storage (default: the spec's name); {STUDY_NAME_RULE}.")]
 GpusPerTrial = Annotated[int | None, typer.Option(
     "--gpus-per-trial", min=1, help="GPUs per trial (default: the spec's resources.gpus_per_trial, else 1).")]
+
+
+def _check_n_trials(value: int | None) -> int | None:
+    """A count of trials is 1 or more: one line, exit 2, before anything is opened or stored
+    (click's own range check would print its usage panel)."""
+    if value is not None and value < 1:
+        raise CommandError(f"--n-trials {value}: expected a number of trials >= 1")
+    return value
+
+
+def _check_timeout(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise CommandError(f"--timeout {value:g}: expected a number of seconds > 0")
+    return value
+
+
 NTrials = Annotated[int | None, typer.Option(
-    "--n-trials", min=1, help="Finished trials the whole study should hold; every worker stops then "
-    "(default: the workers run until stopped).")]
-Timeout = Annotated[float | None, typer.Option("--timeout", help="Start no trial after this many seconds.")]
+    "--n-trials", callback=_check_n_trials, help="Finished trials the whole study should hold (1 or more); "
+    "every worker stops then (default: the workers run until stopped).")]
+WorkerNTrials = Annotated[int | None, typer.Option(
+    "--n-trials", callback=_check_n_trials, help="Trials this worker runs (1 or more), then stops (with --budget "
+    "study: finished trials in the whole study).")]
+Timeout = Annotated[float | None, typer.Option(
+    "--timeout", callback=_check_timeout, help="Start no trial after this many seconds (more than 0).")]
 
 FORMATS = ("table", "json")
 
@@ -53,13 +74,16 @@ Format = Annotated[str, typer.Option(
 
 
 def parse_sets(values: list[str] | None) -> dict[str, Any]:
-    """``--set KEY=VALUE`` items as parameters; values read as YAML (``1e-4`` is a float)."""
+    """``--set KEY=VALUE`` items as parameters; values read as a spec's are (``1e-4`` is a float)."""
     out = {}
     for item in values or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise SpecError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            out[key.strip()] = read_yaml(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise SpecError(f"--set {item!r}: not a YAML value: {' '.join(str(getattr(e, 'problem', e)).split())}") from None
     return out
 
 

@@ -18,7 +18,7 @@ from search.cli.options import Format, GpusPerTrial, Storage, Study, open_store
 from search.cli.render import console
 from search.running.events import TrialEvent
 from search.running.runner import TrialRunner
-from search.spec import SpecError, spaces_dir
+from search.spec import SpecError, read_yaml, spaces_dir
 from search.study import StudyNotFound
 from storage import NoStore, mask_url, resolve_url
 
@@ -203,7 +203,7 @@ def run(
     if not config.is_file():
         raise SpecError(f"{config}: no such file" if not config.exists() else f"{config}: not a file")
     try:
-        record = yaml.safe_load(config.read_text())
+        record = read_yaml(config.read_text())
         if rank > 1:
             record = record["others"][rank - 2]
         objective_name, params = record["objective"], record["params"]
@@ -216,6 +216,10 @@ def run(
     unknown = set(params) - set(objective.params)
     if unknown:
         raise SpecError(f"{config}: params.{sorted(unknown)[0]}: not a parameter of objective {objective_name}")
+    for key, value in params.items():
+        problem = objective.check(key, value)
+        if problem:
+            raise SpecError(f"{config}: params.{key}: {problem}")
     params = {**objective.params, **params}  # a hand-trimmed config runs with the objective's defaults
     reporter = Reporter()
     if checkpoint_dir is not None or resume:

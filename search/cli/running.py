@@ -20,6 +20,7 @@ from search.cli.options import (
     Spec,
     Storage,
     Timeout,
+    WorkerNTrials,
     open_store,
     parse_sets,
 )
@@ -45,9 +46,7 @@ def worker_args(study: str, sets: list[str] | None, *, name: str | None, n_trial
 def worker(
     study: Spec,
     storage: Storage = None,
-    n_trials: Annotated[int | None, typer.Option(
-        "--n-trials", help="Trials this worker runs, then stops (with --budget study: finished trials in the "
-        "whole study).")] = None,
+    n_trials: WorkerNTrials = None,
     timeout: Timeout = None,
     set_: Set = None,
     name: Name = None,

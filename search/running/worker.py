@@ -22,7 +22,7 @@ from search.running.events import Sink, TrialEvent, fan_out, from_environment
 from search.running.runner import TrialRunner, trial_checkpoint_dir
 from search.running.shutdown import STOPPED_REASON, Shutdown, requeue
 from search.spec import StudySpec
-from search.study import as_recorded, build_study, suggest
+from search.study import as_recorded, build_study
 
 MAX_CONSECUTIVE_FAILURES = 3
 
@@ -70,7 +70,7 @@ def make_objective(spec: StudySpec, display: WorkerDisplay | None = None, *, gpu
                 shutdown.trial_id = None
 
     def train_trial(trial: optuna.Trial) -> float:
-        tuned = suggest(trial, spec)
+        tuned = spec.suggest(trial)
         params = spec.params(tuned)  # resolved once, recorded: what export, confirm and the notes read
         trial.set_user_attr(TrialAttr.PARAMS, params)
         if emit:

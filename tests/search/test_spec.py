@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from helpers import REPO, known, spec_dict
-from search.spec import SpecError, load_spec, validate
+from search.spec import SpecError, available_specs, load_spec, validate
 from objectives.attributes import StudyAttr
 from search.study import build_study, spec_diff
 from storage import open_storage
@@ -77,7 +77,7 @@ def _edit(path: str, value) -> callable:
     (_edit("space.dropout.type", "real"), r"space\.dropout: .*'real'.*'float', 'int', 'categorical'"),
     (_edit("space.momentum", {"type": "float", "low": 0, "high": 1}), r"space\.momentum: not a parameter of objective recipe_mpr"),
     (_edit("fixed.max_len", 64), r"fixed\.max_len: not a parameter of objective recipe_mpr \(allowed: .*max_length"),
-    (_edit("fixed.max_length", "long"), r"fixed\.max_length: 'long' is not a int"),
+    (_edit("fixed.max_length", "long"), r"fixed\.max_length: 'long' is not an integer >= 8"),
     (_edit("fixed.dropout", 0.1), r"space\.dropout: also in fixed"),
     (_edit("metric.name", "f1"), r"metric\.name: objective recipe_mpr returns 'accuracy', not 'f1'"),
     (_edit("metric.direction", "up"), r"metric\.direction: Input should be 'maximize' or 'minimize'"),
@@ -209,3 +209,23 @@ def test_a_name_given_to_build_study_follows_the_spec_name_rule(tmp_path, tiny_m
         with pytest.raises(SpecError, match="not a study name"):
             build_study(spec, storage, name=bad)
     assert optuna.get_all_study_summaries(storage, include_best_trial=False) == []
+
+
+def test_every_shipped_spec_is_accepted():
+    """Their fixed values, spaces, known configs, samplers and pruners pass every check."""
+    for name in available_specs():
+        assert load_spec(name).name == name
+
+
+def test_a_spec_read_back_from_its_study_is_checked_for_shape_not_values():
+    """A study created when a value was accepted stays readable (status, export) when an objective
+    later accepts less; a new spec with that value is refused."""
+    data = shipped()
+    data["fixed"]["max_grad_norm"] = 0.0
+    data["pruner"]["options"]["min_resource"] = 0
+    with pytest.raises(SpecError, match=r"x\.yaml: fixed\.max_grad_norm: 0\.0 is not a number > 0$"):
+        validate(data, "x.yaml")
+    assert validate(data, "recorded", recorded=True).fixed["max_grad_norm"] == 0.0
+    data["pruner"]["options"] = {"min_resources": 1}
+    with pytest.raises(SpecError, match=r"pruner\.options\.min_resources: not an option of HyperbandPruner"):
+        validate(data, "recorded", recorded=True)

@@ -428,11 +428,11 @@ def test_a_checkpoint_of_another_configuration_is_ignored_unless_resuming_on_pur
 
 def test_bad_parameters_are_one_line_errors(babylm):
     base = {**babylm.PARAMS, **TINY}
-    for change, message in [({"model_size": "huge"}, "model_size must be one of xs, small, base"),
+    for change, message in [({"model_size": "huge"}, "model_size 'huge' is not one of 'xs', 'small', 'base'"),
                             ({"hidden_size": 30, "num_attention_heads": 4}, "not a multiple of num_attention_heads"),
-                            ({"optim": "sgd"}, "optim must be one of adamw, lamb"),
+                            ({"optim": "sgd"}, "optim 'sgd' is not one of 'adamw', 'lamb'"),
                             ({"eval_steps": 0}, "eval_strategy steps needs eval_steps >= 1"),
-                            ({"mask_p": 1.5}, "mask_p 1.5: expected 0 < mask_p < 1"),
+                            ({"mask_p": 1.5}, r"mask_p 1.5 is not a number in \(0, 1\)"),
                             ({"train_path": "nowhere.txt"}, "babylm train text not found")]:
         with pytest.raises(SetupError, match=message):
             babylm.prepare({**base, **change})
