@@ -6,7 +6,7 @@ slurmctld and slurmd itself, in the foreground, as its own child processes; it n
 needs) a cluster already running here. At the end it cancels the jobs, waits for them, and stops
 the daemons, whatever the tests did; a job process still alive then is killed by its pid.
 
-The node has two GPUs more than this machine: ``gres.conf`` names device files in the temporary
+The node has four GPUs this machine does not have: ``gres.conf`` names device files in the temporary
 folder (character devices like /dev/null, made with mknod; SLURM's own test suite does the same).
 SLURM allocates and binds them like real GPUs (``--gpus-per-node``, ``--gpus-per-task``,
 ``CUDA_VISIBLE_DEVICES``); the workers, with no CUDA here, train on the CPU. The node claims 4
