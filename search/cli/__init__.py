@@ -1,6 +1,6 @@
 """``search``: run workers, watch studies, export and re-run the winners.
 
-The commands live by layer (``running``: worker, launch, slurm; ``results``: status, studies,
+The commands live by layer (``running``: worker, launch, slurm, k8s; ``results``: status, studies,
 export, run, confirm; ``dashboard``); the options they share in ``options``; everything they
 show in ``render``. Here: the app, and how a user's mistake ends (one line, exit 2).
 """
@@ -42,7 +42,7 @@ def _stoppable(command: Callable[..., Any]) -> Callable[..., Any]:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Hyperparameter search for transformer training, on Optuna.")
-for command in (running.worker, running.launch, running.slurm, results.status, results.export, results.run,
+for command in (running.worker, running.launch, running.slurm, running.k8s, results.status, results.export, results.run,
                 results.studies, results.confirm, dashboard.dashboard):
     app.command()(_stoppable(command))
 

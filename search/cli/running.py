@@ -1,10 +1,12 @@
 """The commands that run trials: one worker here (``worker``), K per GPU on this machine
-(``launch``), or one per GPU on every node of a SLURM job (``slurm``)."""
+(``launch``), one per GPU on every node of a SLURM job (``slurm``), or a Kubernetes Indexed Job
+of worker pods (``k8s``)."""
 
 from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +27,8 @@ from search.cli.options import (
     parse_sets,
 )
 from search.cli.render import console, err_console
+from search.cluster.k8s import DEFAULT_IMAGE, DEFAULT_SECRET
+from search.cluster.slurm import REQUEUE_SIGNAL_S
 from search.spec import load_spec, name_as_path, names_a_file, spec_path
 from storage import DEFAULT_ENV, mask_url, resolve_url
 
@@ -156,12 +160,21 @@ def slurm(
     name: Name = None,
     gpus_per_trial: GpusPerTrial = None,
     partition: Annotated[str | None, typer.Option("--partition", help="SLURM partition.")] = None,
+    array: Annotated[str | None, typer.Option(
+        "--array", metavar="INDEXES[%K]",
+        help="Submit the job as a job array: 0-9 runs it ten times, 0-9%2 at most two at once.")] = None,
+    requeue: Annotated[bool, typer.Option(
+        "--requeue", help="At its time limit (--signal seconds before) or when preempted, the job goes back "
+        "to the queue; its next run picks up the trials it was running.")] = False,
+    signal: Annotated[int | None, typer.Option(
+        "--signal", metavar="SECONDS", help="Stop the workers this long before the time limit (with --requeue "
+        f"default {REQUEUE_SIGNAL_S}: when the job re-queues itself).")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Overwrite an existing file that `search slurm` did not write.")] = False,
 ) -> None:
     """Write an sbatch script: one worker per GPU on every node; the storage URL comes from
     $SEARCH_STORAGE when the job runs and is never written into the script."""
-    from search.cluster.slurm import SlurmError, sbatch_script, written_by_slurm
+    from search.cluster.slurm import SlurmError, array_jobs, sbatch_script, written_by_slurm
 
     spec = load_spec(study, parse_sets(set_))
     args = worker_args(study, set_, name=name, n_trials=n_trials, gpus_per_trial=gpus_per_trial)
@@ -170,21 +183,32 @@ def slurm(
     try:
         script = sbatch_script(job_name=f"search-{study_name}", nodes=nodes, gpus_per_node=gpus_per_node,
                                gpus_per_trial=per_trial, time_limit=time_limit, worker_args=args, workdir=Path.cwd(),
-                               partition=partition)
+                               partition=partition, array=array, requeue=requeue, signal=signal)
     except SlurmError as e:
         raise CommandError(str(e)) from None
     path = output or Path(f"search-{name_as_path(study_name)}.sbatch")
-    if path.exists() and not force and not (path.is_file() and written_by_slurm(_head(path))):
-        raise CommandError(f"{path} exists and was not written by `search slurm`: not overwritten "
+    write_generated(path, script, ours=written_by_slurm, command="search slurm", force=force)
+    workers = nodes * gpus_per_node // per_trial
+    jobs = ""
+    if array:
+        count, at_once = array_jobs(array)
+        jobs = f"; an array of {count} such jobs" + (f", at most {at_once} at once" if at_once else "")
+    jobs += "; re-queued at the time limit or when preempted" if requeue else ""
+    console.print(f"wrote {path}: {nodes} node(s) x {gpus_per_node} GPUs, {workers} workers on study {study_name}"
+                  f"{jobs}. Submit with: export SEARCH_STORAGE=postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB; "
+                  f"sbatch {shlex.quote(str(path))}", soft_wrap=True, markup=False, highlight=False)
+
+
+def write_generated(path: Path, text: str, *, ours: Callable[[str], bool], command: str, force: bool) -> None:
+    """Write a file a command generates; one that exists is replaced only if ``ours`` recognises
+    it (the command wrote it) or with ``--force``."""
+    if path.exists() and not force and not (path.is_file() and ours(_head(path))):
+        raise CommandError(f"{path} exists and was not written by `{command}`: not overwritten "
                            "(another -o, or --force to replace it)")
     try:
-        path.write_text(script)
+        path.write_text(text)
     except OSError as e:
         raise CommandError(f"cannot write {path}: {e.strerror or e}") from None
-    workers = nodes * gpus_per_node // per_trial
-    console.print(f"wrote {path}: {nodes} node(s) x {gpus_per_node} GPUs, {workers} workers on study {study_name}. "
-                  f"Submit with: export SEARCH_STORAGE=postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB; "
-                  f"sbatch {shlex.quote(str(path))}", soft_wrap=True, markup=False, highlight=False)
 
 
 def _head(path: Path) -> str:
@@ -194,3 +218,55 @@ def _head(path: Path) -> str:
             return f.read(4096)
     except OSError:
         return ""
+
+
+def k8s(
+    study: Spec,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, help="Worker pods: the Indexed Job's parallelism and completions.")],
+    gpus_per_worker: Annotated[int | None, typer.Option(
+        "--gpus-per-worker", min=0, help="GPUs of each worker pod, its trials' GPUs (default: the spec's "
+        "resources.gpus_per_trial, else 1; 0: CPU workers).")] = None,
+    image: Annotated[str, typer.Option(
+        "--image", help="The image the pods run (built from this checkout's Dockerfile, pushed where the "
+        "cluster pulls from).")] = DEFAULT_IMAGE,
+    n_trials: NTrials = None,
+    set_: Set = None,
+    name: Name = None,
+    secret: Annotated[str, typer.Option(
+        "--secret", help="The Secret holding the storage URL (key 'url'; with --postgres also 'password').")]
+    = DEFAULT_SECRET,
+    postgres: Annotated[bool, typer.Option(
+        "--postgres", help="Also run PostgreSQL: a StatefulSet with a volume, and its Service.")] = False,
+    dashboard: Annotated[bool, typer.Option(
+        "--dashboard/--no-dashboard", help="The dashboard: a Deployment and a Service inside the cluster.")] = True,
+    namespace: Annotated[str | None, typer.Option(
+        "--namespace", help="Namespace of every object (default: kubectl's current one).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="File to write (default: search-STUDY.k8s.yaml).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite an existing file that `search k8s` did not write.")] = False,
+) -> None:
+    """Write Kubernetes manifests: the workers as an Indexed Job, the dashboard, optionally PostgreSQL;
+    the storage URL comes from a Secret and is never written into them."""
+    from search.cluster.k8s import KubernetesError, manifest_file, manifests, written_by_k8s
+
+    spec = load_spec(study, parse_sets(set_))
+    study_name = name or spec.name
+    gpus = spec.gpus_per_trial if gpus_per_worker is None else gpus_per_worker
+    override = gpus if gpus and gpus != spec.gpus_per_trial else None
+    args = worker_args(study, set_, name=name, n_trials=n_trials, gpus_per_trial=override)[2:]  # after --study
+    try:
+        objects = manifests(study_name=study_name, spec_text=spec_path(study).read_text(), worker_args=args,
+                            workers=workers, gpus_per_worker=gpus, image=image, secret=secret, postgres=postgres,
+                            dashboard=dashboard, namespace=namespace)
+    except KubernetesError as e:
+        raise CommandError(str(e)) from None
+    text = manifest_file(objects, study_name=study_name, workers=workers, gpus_per_worker=gpus, secret=secret,
+                         postgres=postgres)
+    path = output or Path(f"search-{name_as_path(study_name)}.k8s.yaml")
+    write_generated(path, text, ours=written_by_k8s, command="search k8s", force=force)
+    kinds = ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in objects)
+    console.print(f"wrote {path}: {kinds}. Create the Secret {secret} first (its command is in the file's "
+                  f"first lines), then: kubectl apply -f {shlex.quote(str(path))}", soft_wrap=True, markup=False,
+                  highlight=False)

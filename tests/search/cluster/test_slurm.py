@@ -1,12 +1,14 @@
 """`search slurm`: the sbatch script it writes, parsed, syntax-checked and run up to srun.
 
-No SLURM here: the script is read line by line, checked by `bash -n`, and executed with bash
-(it stops at `srun`, which does not exist here, after its own checks have run).
+The script is read line by line, checked by `bash -n`, and executed with bash with nothing on
+its PATH (it stops at `srun` after its own checks have run), so these tests read the same with
+and without SLURM installed. test_slurm_cluster.py submits the scripts to a real cluster.
 """
 
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 
 import pytest
@@ -27,7 +29,7 @@ def sbatch_options(script: str) -> dict[str, str]:
 
 def srun_line(script: str) -> list[str]:
     (line,) = [line for line in script.splitlines() if line.startswith("srun ")]
-    return shlex.split(line)
+    return shlex.split(line.removesuffix(" &"))  # --requeue: in the background, so that the trap can run
 
 
 @pytest.fixture
@@ -64,12 +66,18 @@ def test_the_script_runs_one_worker_per_gpu_on_every_node_without_the_url(slurm,
         assert secret not in script and secret not in out
 
     ok(subprocess.run(["bash", "-n", str(tmp_path / "job.sbatch")], capture_output=True, text=True))
-    unset = subprocess.run(["bash", str(tmp_path / "job.sbatch")], capture_output=True, text=True,
-                           env={"PATH": "/usr/bin:/bin"})
+    unset = run_without_slurm(tmp_path / "job.sbatch", {})
     assert unset.returncode != 0 and "set SEARCH_STORAGE to the PostgreSQL URL before sbatch" in unset.stderr
-    given = subprocess.run(["bash", str(tmp_path / "job.sbatch")], capture_output=True, text=True,
-                           env={"PATH": "/usr/bin:/bin", "SEARCH_STORAGE": SECRET})
+    given = run_without_slurm(tmp_path / "job.sbatch", {"SEARCH_STORAGE": SECRET})
     assert given.returncode == 127 and "srun: command not found" in given.stderr, "got as far as srun"
+
+
+def run_without_slurm(script, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``bash SCRIPT`` with an empty folder as its PATH: no srun, whether or not SLURM is installed."""
+    empty = script.parent / "empty-path"
+    empty.mkdir(exist_ok=True)
+    return subprocess.run([shutil.which("bash"), str(script)], capture_output=True, text=True,
+                          env={"PATH": str(empty), **env})
 
 
 def test_multi_gpu_trials_get_their_gpus_per_task(slurm, tmp_path):
@@ -140,3 +148,52 @@ def test_the_default_script_name_is_the_study_name(slurm, tmp_path):
     script = (tmp_path / "search-mpr.v2_a.sbatch").read_text()
     assert sbatch_options(script)["--job-name"] == "search-mpr.v2_a"
     assert parse_cli(srun_line(script)[srun_line(script).index("worker"):]).params["name"] == "mpr.v2_a"
+
+
+def test_an_array_that_requeues_itself_before_its_time_limit(slurm, tmp_path):
+    code, out, err = slurm("--nodes", "1", "--gpus-per-node", "2", "--time", "04:00:00", "--n-trials", "200",
+                           "--array", "0-9%2", "--requeue", "-o", "job.sbatch")
+    assert code == 0, err
+    assert "an array of 10 such jobs, at most 2 at once; re-queued at the time limit or when preempted" in out
+    script = (tmp_path / "job.sbatch").read_text()
+    options = sbatch_options(script)
+    assert options["--array"] == "0-9%2" and options["--output"] == "search-recipe-mpr-%A_%a.out"
+    assert options["--requeue"] == "" and options["--open-mode"] == "append", "each run's output kept"
+    assert options["--signal"] == "B:USR1@120", "to the batch shell, which re-queues the job"
+    lines = script.splitlines()
+    (trap,) = [line for line in lines if line.startswith("trap ")]
+    assert shlex.split(trap)[-1] == "USR1" and 'scontrol requeue "$SLURM_JOB_ID"' in trap
+    srun = [line for line in lines if line.startswith("srun ")][0]
+    assert srun.endswith(" &") and lines.index(trap) < lines.index(srun), "the trap is set before the workers start"
+    worker = srun_line(script)[srun_line(script).index("worker"):]
+    assert parse_cli(worker).params["n_trials"] == 200
+    ok(subprocess.run(["bash", "-n", str(tmp_path / "job.sbatch")], capture_output=True, text=True))
+    given = run_without_slurm(tmp_path / "job.sbatch", {"SEARCH_STORAGE": SECRET})
+    assert given.returncode == 127 and "srun: command not found" in given.stderr, "the background srun's exit"
+
+
+def test_signal_stops_the_workers_before_the_time_limit(slurm, tmp_path):
+    code, _, err = slurm("--nodes", "1", "--gpus-per-node", "1", "--time", "1-00:00:00", "--signal", "300",
+                         "-o", "job.sbatch")
+    assert code == 0, err
+    script = (tmp_path / "job.sbatch").read_text()
+    options = sbatch_options(script)
+    assert options["--signal"] == "TERM@300", "to the workers (the job steps), not to the batch shell"
+    assert "--requeue" not in options and "--array" not in options and "trap" not in script
+    assert script.rstrip().splitlines()[-1].startswith("srun "), "in the foreground"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--array", "5-2"], "error: --array '5-2': 5-2 is an empty range"),
+    (["--array", "0-9%0"], "error: --array '0-9%0': %0 would never run a job"),
+    (["--array", "0-9%"], "error: --array '0-9%': expected SLURM's array syntax"),
+    (["--array", "1,x"], "error: --array '1,x': expected SLURM's array syntax"),
+    (["--signal", "0"], "error: --signal 0: expected seconds from 1 to 65535"),
+    (["--time", "1", "--signal", "60"], "error: --signal 60 s is not before the time limit (--time 1 is 60 s)"),
+    (["--time", "00:01:00", "--requeue"], "error: --signal 120 s is not before the time limit (--time 00:01:00 is "
+                                          "60 s); give a shorter --signal"),
+])
+def test_arrays_and_signals_that_slurm_would_refuse_or_misread_are_one_line(slurm, tmp_path, args, message):
+    code, _, err = slurm("--nodes", "1", "--gpus-per-node", "1", *args)
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == [], "no script written"
