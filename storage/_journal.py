@@ -79,8 +79,9 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             raise ValueError("the heartbeat interval and the grace period should be positive integers")
         super().__init__(JournalFile(path))
         self.path = path
-        self._heartbeat_interval = heartbeat_interval
-        self._grace_period = grace_period
+        # RDBStorage's attribute names: both stores' settings read the same way.
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
         self._stale_callback = heartbeat_stale_trial_callback
 
     @property
@@ -103,13 +104,13 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         # RDBStorage's rule: stale when the last beat is older than the grace period; never before the first beat.
-        deadline = time.time() - self._grace_period
+        deadline = time.time() - self.grace_period
         return [trial._trial_id
                 for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
                 if (beat := last_heartbeat(trial)) is not None and beat < deadline]
 
     def get_heartbeat_interval(self) -> int | None:
-        return self._heartbeat_interval
+        return self.heartbeat_interval
 
     def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
         return self._stale_callback

@@ -2,15 +2,21 @@
 
 A line is intact when ``read_record`` reads it. A damaged line may still hold whole records: an
 append onto a line cut short (what Optuna's own backend does after a full disk) leaves half a
-record followed by a whole one, which is recovered. What is lost is one of two things:
+record followed by a whole one, which is kept. What is lost is one of three things:
 
 - a write cut short (an unfinished last line, or the half record an append continued): its
   writer saw the write fail and no reader ever took it for a record, so dropping it loses nothing;
-- a record that was there and is no more. Study and trial ids are positions in the journal (the
-  n-th trial created has id n-1), so a lost creation would shift every later id and give later
-  records to the wrong trial. A lost creation whose first bytes still say what it created (its
-  kind, and the study of a trial) is replaced by a placeholder that keeps the ids; when a later
-  record still refers to an id that no kept record creates, the repair is refused.
+- a record that created nothing (an attribute, a parameter, a value): dropped, and named;
+- a record that created a study or a trial. Study and trial ids are positions in the journal (the
+  n-th trial created has id n-1): without it every later id would shift and later records would
+  go to the wrong trial. It is replaced by a placeholder that keeps the ids, holding what is still
+  readable of it (the trial's study at least).
+
+What the damaged bytes held is read from them: the operation a record starts with, or keys only
+some operations write (``"trial_id":`` is never in a creation, ``"study_name":`` only in one). When
+nothing in them says, the repair is refused unless told to take them for records that created
+nothing (``drop_unreadable``); a later record that refers to an id no kept record creates points
+at the one unreadable piece before it, which is then replaced by a placeholder.
 
 The repair holds the journal's lock (``FILE.lock``, Optuna's), writes the kept lines byte for
 byte to a new file beside it, checks that Optuna reads that file to the end, links the old file
@@ -92,20 +98,23 @@ class Repaired:
     backup: str | None  # None: nothing needed repairing, the file is untouched
 
 
-def check_journal(path: str | os.PathLike[str]) -> JournalCheck:
+def check_journal(path: str | os.PathLike[str], *, drop_unreadable: bool = False) -> JournalCheck:
     """Read the journal line by line under its lock (so an unfinished last line is a write cut
     short, not one in progress) and say what a repair would keep; changes nothing."""
     path = str(path)
     with _locked(path):
-        return _check(path)
+        return _check(path, drop_unreadable)
 
 
-def repair_journal(path: str | os.PathLike[str], *, now: datetime.datetime | None = None) -> Repaired:
+def repair_journal(path: str | os.PathLike[str], *, drop_unreadable: bool = False,
+                   now: datetime.datetime | None = None) -> Repaired:
     """Rewrite a damaged journal with every intact record, keeping the old file as
-    ``FILE.bak-<UTC time>``; RepairRefused (the file untouched) when that would misplace records."""
+    ``FILE.bak-<UTC time>``; RepairRefused (the file untouched) when that would misplace records.
+    ``drop_unreadable``: take damaged bytes that say nothing of what they held for records that
+    created nothing."""
     path = str(path)
     with _locked(path):
-        check = _check(path)
+        check = _check(path, drop_unreadable)
         if not check.needs_repair:
             return Repaired(check, None)
         if check.problem:
@@ -138,7 +147,7 @@ def _locked(path: str) -> Any:
 # --- reading ------------------------------------------------------------------------------------
 
 
-def _check(path: str) -> JournalCheck:
+def _check(path: str, drop_unreadable: bool) -> JournalCheck:
     with open(path, "rb") as f:
         *lines, unfinished = f.read().split(b"\n")
     pieces: list[_Piece] = []
@@ -149,7 +158,7 @@ def _check(path: str) -> JournalCheck:
         except DamagedLine as e:
             reasons[number] = str(e)
             pieces += _salvage(number, line)
-    problem, studies, trials = _replay(pieces, reasons)
+    problem, studies, trials = _replay(pieces, reasons, drop_unreadable)
     damage = [Damage(number, reason, sum(p.record is not None and not p.placeholder for p in pieces if p.line == number),
                      "; ".join(p.lost for p in pieces if p.line == number and p.lost) or "nothing")
               for number, reason in sorted(reasons.items())]
@@ -159,16 +168,20 @@ def _check(path: str) -> JournalCheck:
                         problem=problem, studies=studies, trials=trials, kept=[p.data + b"\n" for p in kept])
 
 
+UNREADABLE = "unreadable"  # a lost piece whose bytes do not say whether it created something
+
+
 @dataclass
 class _Piece:
-    """A line, or part of a damaged one: a record to keep (``record``), or lost bytes (``lost``
-    says what they held)."""
+    """A line, or part of a damaged one: a record to keep (``record``), or lost bytes: ``held``
+    says what they held (a creation's operation, None for a record that created nothing,
+    UNREADABLE), ``lost`` says it for a person."""
 
     line: int
     data: bytes
     record: dict[str, Any] | None
     lost: str = ""
-    kind: JournalOperation | None = None  # a lost piece's operation, as far as its first bytes tell
+    held: JournalOperation | str | None = None
     torn: bool = False  # a write cut short: it never was a record
     placeholder: bool = False
 
@@ -194,22 +207,47 @@ def _salvage(number: int, line: bytes) -> list[_Piece]:
         if i == 0 and len(pieces) > 1:  # the next piece is a record: an append continued this one
             piece.torn, piece.lost = True, "nothing: a write cut short, continued by the next append"
             continue
-        op = re.match(rb'\{"op_code":(\d+),', piece.data)
-        try:
-            piece.kind = JournalOperation(int(op.group(1))) if op else None
-        except ValueError:
-            piece.kind = None
-        piece.lost = f"one {piece.kind.name} record" if piece.kind is not None else f"{len(piece.data)} unreadable bytes"
+        piece.held = _held(piece.data)
+        piece.lost = (f"one {piece.held.name} record" if isinstance(piece.held, JournalOperation)
+                      else f"{len(piece.data)} bytes that created nothing" if piece.held is None
+                      else f"{len(piece.data)} unreadable bytes")
     return pieces
 
 
-def _replay(pieces: list[_Piece], reasons: dict[int, str]) -> tuple[str | None, int, int]:
+# Keys that only creations write (the trial's study and start, the study's name and directions),
+# and keys that no creation writes.
+_CREATION_KEYS = ((JournalOperation.CREATE_STUDY, rb'"study_name":|"directions":\['),
+                  (JournalOperation.CREATE_TRIAL, rb'"study_id":\d+,"datetime_start":|"distributions":'))
+_OTHER_KEYS = rb'"trial_id":|"user_attr":|"system_attr":|"param_name":'
+
+
+def _held(data: bytes) -> JournalOperation | str | None:
+    """What lost bytes held, as they tell it: the creation they start with or hold, None for
+    records that created nothing, UNREADABLE when nothing says."""
+    op = re.match(rb'\{"op_code":(\d+),', data)
+    started = None
+    if op:
+        try:
+            started = JournalOperation(int(op.group(1)))
+        except ValueError:
+            pass
+    created = {kind for kind, keys in _CREATION_KEYS if re.search(keys, data)}
+    if started in CREATIONS:
+        created.add(started)
+    if len(created) > 1 or (created and re.search(_OTHER_KEYS, data) and started not in CREATIONS):
+        return UNREADABLE  # the bytes of more than one record: which was which cannot be told
+    if created:
+        return created.pop()
+    return None if started is not None or re.search(_OTHER_KEYS, data) else UNREADABLE
+
+
+def _replay(pieces: list[_Piece], reasons: dict[int, str], drop_unreadable: bool) -> tuple[str | None, int, int]:
     """Replay the kept records as Optuna would: the problem (None: ids line up), and the studies
     and trials Optuna reads from them.
 
-    A lost creation is replaced by a placeholder when its first bytes say it was one, or when it is
-    the one lost piece between the last creation of its kind and a record that refers to the id
-    it created. A record Optuna cannot replay is dropped as damaged."""
+    A lost creation becomes a placeholder; so does the one unreadable piece between the last
+    creation of a kind and a record that refers to an id nothing kept creates. A record Optuna
+    cannot replay is dropped as damaged."""
     tried: set[int] = set()  # lost creations a placeholder was tried for
     while True:
         # Optuna's own replay (its major is pinned: its counters are what ids are); no record is
@@ -221,9 +259,9 @@ def _replay(pieces: list[_Piece], reasons: dict[int, str]) -> tuple[str | None, 
         missing = None
         for i, piece in enumerate(pieces):
             last_time[i] = latest
-            if piece.record is None and piece.kind in CREATIONS and i not in tried:
+            if piece.record is None and piece.held in CREATIONS and i not in tried:
                 tried.add(i)
-                piece.replace_by_placeholder(piece.kind, latest)
+                piece.replace_by_placeholder(piece.held, latest)
             if piece.record is None:
                 continue
             record = piece.record
@@ -244,18 +282,26 @@ def _replay(pieces: list[_Piece], reasons: dict[int, str]) -> tuple[str | None, 
             latest = next((record[k] for k in ("datetime_complete", "datetime_start") if isinstance(record.get(k), str)),
                           latest)
         if missing is None:
-            studies = replay.get_all_studies()
-            return None, len(studies), sum(len(replay.get_all_trials(s._study_id, None)) for s in studies)
+            break
         i, key, kind, deficit = missing
         where = f"line {pieces[i].line} refers to {key} {pieces[i].record[key]}, which no intact record before it creates"
         holes = [j for j in range(last_creation[kind] + 1, i)
-                 if pieces[j].record is None and not pieces[j].torn and pieces[j].kind in (None, kind)]
+                 if pieces[j].record is None and pieces[j].held in (UNREADABLE, kind)]
         if deficit > 0 or len(holes) != 1:
             return f"{where}: later records would go to the wrong {key.split('_')[0]}", 0, 0
         hole = pieces[holes[0]]
+        hole.held = kind
         why_not = hole.replace_by_placeholder(kind, last_time[holes[0]])
         if why_not:
             return f"{where}: line {hole.line} held its {kind.name} record, and {why_not}", 0, 0
+    unreadable = [p for p in pieces if p.record is None and p.held == UNREADABLE]
+    if unreadable and not drop_unreadable:
+        lines = ", ".join(str(n) for n in sorted({p.line for p in unreadable}))
+        return (f"nothing in the damaged bytes of line{'s' if len(unreadable) > 1 else ''} {lines} says whether they "
+                "created a trial or a study (if they did, every later record would go to the wrong one); "
+                "drop them as records that created nothing with --drop-unreadable"), 0, 0
+    studies = replay.get_all_studies()
+    return None, len(studies), sum(len(replay.get_all_trials(s._study_id, None)) for s in studies)
 
 
 def _split(line: bytes) -> list[tuple[bytes, dict[str, Any] | None]]:
@@ -286,26 +332,60 @@ def _split(line: bytes) -> list[tuple[bytes, dict[str, Any] | None]]:
 
 def _placeholder(kind: JournalOperation, piece: bytes, number: int,
                  last_time: str | None) -> tuple[dict[str, Any] | None, str]:
-    """A record that creates what the lost one created, from what its first bytes still show;
-    or None and why not."""
-    def field_(name: str, pattern: bytes) -> Any:
-        found = re.search(rb'"' + name.encode() + rb'":(' + pattern + rb")", piece)
-        return json.loads(found.group(1)) if found else None
+    """A record that creates what the lost one created: its fields that are still whole, and for
+    a trial a start time (``last_time`` when its own is lost) and a system attribute that says it
+    was recovered; or None and why not (the trial's study, the study's directions cannot be read)."""
+    fields = _whole_fields(piece) if piece.startswith(b'{"op_code":%d,' % kind) else {}
+    for name, pattern in _NEEDED[kind]:
+        if name not in fields and (found := re.search(rb'"' + name.encode() + rb'":(' + pattern + rb")[,}]", piece)):
+            fields[name] = json.loads(found.group(1))
+    fields.update(op_code=int(kind), worker_id=REPAIR_WORKER)
+    if kind == JournalOperation.CREATE_STUDY:
+        if not isinstance(fields.get("directions"), list):
+            return None, "its directions cannot be read"
+        fields.setdefault("study_name", f"recovered-line-{number}")
+        return fields, ""
+    if type(fields.get("study_id")) is not int:
+        return None, "its study cannot be read"
+    if "params" in fields and "distributions" not in fields:
+        del fields["params"]  # a parameter's value means nothing without its distribution
+    if fields.get("datetime_start") is None and fields.get("state", 0) != 4:  # only a WAITING trial has no start
+        fields["datetime_start"] = last_time or _utc_now()
+    fields["system_attrs"] = {**(fields.get("system_attrs") or {}),
+                              RECOVERED_ATTR: f"created on damaged journal line {number}: the fields of its creation "
+                                              "that were lost are left out; its later records are kept"}
+    return fields, ""
 
-    if kind == JournalOperation.CREATE_TRIAL:
-        study_id = field_("study_id", rb"\d+")
-        if study_id is None:
-            return None, "its study cannot be read"
-        start = field_("datetime_start", rb'"[0-9T:.+-]+"') or last_time
-        return {"op_code": int(kind), "worker_id": REPAIR_WORKER, "study_id": study_id,
-                "datetime_start": start or _utc_now(),
-                "system_attrs": {RECOVERED_ATTR: f"created on damaged journal line {number}; its creation was lost, "
-                                                 "later records of the trial were kept"}}, ""
-    directions = field_("directions", rb"\[[0-9,]*\]")
-    if not directions:
-        return None, "its directions cannot be read"
-    name = field_("study_name", rb'"(?:[^"\\]|\\.)*"') or f"recovered-line-{number}"
-    return {"op_code": int(kind), "worker_id": REPAIR_WORKER, "study_name": name, "directions": directions}, ""
+
+# The fields a placeholder cannot do without, and how their values look (searched anywhere in the
+# lost bytes when they are not among its whole fields).
+_NEEDED = {
+    JournalOperation.CREATE_STUDY: (("study_name", rb'"(?:[^"\\]|\\.)*"'), ("directions", rb"\[[0-9,]*\]")),
+    JournalOperation.CREATE_TRIAL: (("study_id", rb"\d+"), ("datetime_start", rb'"[0-9T:.+-]+"')),
+}
+
+
+def _whole_fields(piece: bytes) -> dict[str, Any]:
+    """The top-level fields a damaged record still holds whole, from its start to its first
+    damaged field (a value counts when its separator follows it: a number cut short does not)."""
+    text = piece.decode("utf-8", "surrogateescape")
+    decoder = json.JSONDecoder()
+    fields: dict[str, Any] = {}
+    at = 1 if text.startswith("{") else len(text)
+    while at < len(text):
+        try:
+            key, colon = decoder.raw_decode(text, at)
+            value, end = decoder.raw_decode(text, colon + 1) if text[colon:colon + 1] == ":" else (None, -1)
+        except ValueError:
+            break
+        if end == -1 or not isinstance(key, str) or text[end:end + 1] not in (",", "}") \
+                or any("\udc80" <= c <= "\udcff" for c in text[at:end]):
+            break
+        fields[key] = value
+        if text[end] == "}":
+            break
+        at = end + 1
+    return fields
 
 
 def _utc_now() -> str:

@@ -4,6 +4,7 @@ by line, and a damaged one rewritten with every intact record (the old file kept
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -39,7 +40,12 @@ def check(storage: Storage = None, format_: Format = "table") -> None:
         raise typer.Exit(1)
 
 
-def repair(storage: Storage = None) -> None:
+def repair(
+    storage: Storage = None,
+    drop_unreadable: Annotated[bool, typer.Option(
+        "--drop-unreadable", help="Drop damaged bytes that say nothing of what they held as records that created "
+        "nothing (if one created a trial, later records go to the wrong trial).")] = False,
+) -> None:
     """Rewrite a damaged journal file with every intact record; the old file stays as FILE.bak-<UTC time>.
 
     Whole records inside a damaged line are kept, a write cut short is dropped (it never was a
@@ -47,7 +53,7 @@ def repair(storage: Storage = None) -> None:
     keep their trial. Refused (the file untouched) when that cannot be done. Stop the workers and
     the dashboard on the file first: a process that had it open stops at its next read.
     """
-    repaired = repair_journal(_journal(storage))
+    repaired = repair_journal(_journal(storage), drop_unreadable=drop_unreadable)
     _show(repaired.check)
     if repaired.backup is None:
         _say("nothing to repair")
