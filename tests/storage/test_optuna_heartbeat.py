@@ -103,13 +103,14 @@ def test_the_stale_trial_callback_gets_the_study_and_the_failed_trial(make_stora
     calls: list[tuple[Any, ...]] = []
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-        calls.append((study.system_attrs["test"], trial.number, trial.state, trial.system_attrs["test"]))
+        study_attrs = study._storage.get_study_system_attrs(study._study_id)  # (Optuna 5: no Study.system_attrs)
+        calls.append((study_attrs["test"], trial.number, trial.state, trial.system_attrs["test"]))
 
     storage = make_storage(callback=callback)
     study = optuna.create_study(storage=storage)
-    study.set_system_attr("test", "A")
+    storage.set_study_system_attr(study._study_id, "test", "A")  # (Optuna 5 has no Study.set_system_attr)
     trial = study.ask()
-    trial.storage.set_trial_system_attr(trial._trial_id, "test", "B")
+    storage.set_trial_system_attr(trial._trial_id, "test", "B")
     beats_then_goes_silent(storage, trial)
 
     study.optimize(lambda _: 1.0, n_trials=1)
