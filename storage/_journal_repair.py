@@ -25,20 +25,22 @@ to ``FILE.bak-<UTC time>`` and moves the new one into its place.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
-from optuna.storages.journal._file import get_lock_file
 from optuna.storages.journal._storage import JournalOperation, JournalStorageReplayResult
+from optuna.trial import TrialState
 
 from storage._errors import NoStore, StorageError
 from storage._journal_file import DamagedLine, read_record
@@ -119,7 +121,8 @@ def repair_journal(path: str | os.PathLike[str], *, drop_unreadable: bool = Fals
             return Repaired(check, None)
         if check.problem:
             raise RepairRefused(f"journal {path}: not repaired: {check.problem}")
-        fd, new = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f"{os.path.basename(path)}.repair-")
+        folder, name = os.path.split(os.path.abspath(path))
+        fd, new = tempfile.mkstemp(dir=folder, prefix=f"{name}.repair-")
         try:
             with open(fd, "wb") as f:
                 f.writelines(check.kept)
@@ -138,10 +141,20 @@ def repair_journal(path: str | os.PathLike[str], *, drop_unreadable: bool = Fals
         return Repaired(check, backup)
 
 
-def _locked(path: str) -> Any:
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """Hold the journal's lock (Optuna's ``FILE.lock``): no worker appends meanwhile."""
     if not os.path.isfile(path):
         raise NoStore(f"journal {path}: no such file")
-    return get_lock_file(JournalFileSymlinkLock(path))
+    lock = JournalFileSymlinkLock(path)
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise StorageError(f"journal {path}: cannot take its lock {path}.lock: {e.strerror or e}") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -159,9 +172,11 @@ def _check(path: str, drop_unreadable: bool) -> JournalCheck:
             reasons[number] = str(e)
             pieces += _salvage(number, line)
     problem, studies, trials = _replay(pieces, reasons, drop_unreadable)
-    damage = [Damage(number, reason, sum(p.record is not None and not p.placeholder for p in pieces if p.line == number),
-                     "; ".join(p.lost for p in pieces if p.line == number and p.lost) or "nothing")
-              for number, reason in sorted(reasons.items())]
+    damage = []
+    for number, reason in sorted(reasons.items()):
+        of_line = [p for p in pieces if p.line == number]
+        damage.append(Damage(number, reason, sum(p.record is not None and not p.placeholder for p in of_line),
+                             "; ".join(p.lost for p in of_line if p.lost) or "nothing"))
     kept = [p for p in pieces if p.record is not None]
     return JournalCheck(path=path, lines=len(lines) + bool(unfinished), records=sum(not p.placeholder for p in kept),
                         damage=damage, unfinished_bytes=len(unfinished), placeholders=sum(p.placeholder for p in kept),
@@ -279,12 +294,13 @@ def _replay(pieces: list[_Piece], reasons: dict[int, str], drop_unreadable: bool
                 continue
             if record["op_code"] in CREATIONS:
                 last_creation[JournalOperation(record["op_code"])] = i
-            latest = next((record[k] for k in ("datetime_complete", "datetime_start") if isinstance(record.get(k), str)),
-                          latest)
+            latest = next((record[k] for k in ("datetime_complete", "datetime_start")
+                           if isinstance(record.get(k), str)), latest)
         if missing is None:
             break
         i, key, kind, deficit = missing
-        where = f"line {pieces[i].line} refers to {key} {pieces[i].record[key]}, which no intact record before it creates"
+        where = (f"line {pieces[i].line} refers to {key} {pieces[i].record[key]}, which no intact record before it "
+                 "creates")
         holes = [j for j in range(last_creation[kind] + 1, i)
                  if pieces[j].record is None and pieces[j].held in (UNREADABLE, kind)]
         if deficit > 0 or len(holes) != 1:
@@ -349,7 +365,7 @@ def _placeholder(kind: JournalOperation, piece: bytes, number: int,
         return None, "its study cannot be read"
     if "params" in fields and "distributions" not in fields:
         del fields["params"]  # a parameter's value means nothing without its distribution
-    if fields.get("datetime_start") is None and fields.get("state", 0) != 4:  # only a WAITING trial has no start
+    if fields.get("datetime_start") is None and fields.get("state", TrialState.RUNNING) != TrialState.WAITING:
         fields["datetime_start"] = last_time or _utc_now()
     fields["system_attrs"] = {**(fields.get("system_attrs") or {}),
                               RECOVERED_ATTR: f"created on damaged journal line {number}: the fields of its creation "

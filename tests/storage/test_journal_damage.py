@@ -156,7 +156,8 @@ study.set_user_attr("after", "space freed")
 attrs = optuna.load_study(study_name=sys.argv[3], storage=open_storage(path)).user_attrs
 check = check_journal(path)
 print(json.dumps({"error": error, "written": written, "ends_in_newline": full.endswith(b"\\n"),
-                  "attrs": sorted(a for a in attrs if not a.startswith("search:")), "damage": len(check.damage), "unfinished": check.unfinished_bytes}))
+                  "attrs": sorted(a for a in attrs if not a.startswith("search:")),
+                  "damage": len(check.damage), "unfinished": check.unfinished_bytes}))
 """
 
 
