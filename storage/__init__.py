@@ -12,8 +12,14 @@ Any other database is refused when it is opened: each store has a per-study lock
 
 Every store runs Optuna's heartbeat, so a dead worker's RUNNING trial is failed after the grace
 period and re-queued with the same parameters (``RetryHeartbeatStaleTrialCallback``).
+
+A journal file never has a line continued after a write cut short; a damaged one is reported in
+one line (``JournalDamaged``), checked with ``check_journal`` and repaired with ``repair_journal``.
 """
 
-from storage._open import DEFAULT_ENV, NoStore, Storage, StorageError, default_url, mask_url, open_storage, resolve_url
+from storage._errors import JournalDamaged, NoStore, StorageError
+from storage._journal_repair import JournalCheck, check_journal, repair_journal
+from storage._open import DEFAULT_ENV, Storage, default_url, journal_path, mask_url, open_storage, resolve_url
 
-__all__ = ["DEFAULT_ENV", "NoStore", "Storage", "StorageError", "default_url", "mask_url", "open_storage", "resolve_url"]
+__all__ = ["DEFAULT_ENV", "JournalCheck", "JournalDamaged", "NoStore", "Storage", "StorageError", "check_journal",
+           "default_url", "journal_path", "mask_url", "open_storage", "repair_journal", "resolve_url"]

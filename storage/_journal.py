@@ -2,9 +2,11 @@
 
 Optuna implements its heartbeat for RDB storages only. The journal store gets the same
 contract here (``BaseHeartbeat``): a running trial's heartbeat is a timestamp in its system
-attributes, and a trial is stale when that timestamp is older than the grace period. Optuna's
-own ``study.optimize`` then runs the heartbeat thread and ``fail_stale_trials`` as it does for
-PostgreSQL.
+attributes, and the rule for a stale trial is the RDB storage's: a RUNNING trial whose last beat
+is older than the grace period; one that has not beaten yet is never stale. Optuna's own
+``study.optimize`` then runs the heartbeat thread and ``fail_stale_trials`` as it does for
+PostgreSQL. The file itself is ``storage/_journal_file.py``'s: appends never continue a line cut
+short, and a damaged line is reported as such.
 
 It also holds the study lock for stores that live in one machine's files (this journal, and a
 SQLite database): an exclusive flock on a file beside the store.
@@ -20,9 +22,11 @@ from collections.abc import Callable, Iterator
 
 import optuna
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
+
+from storage._errors import StorageError
+from storage._journal_file import JournalFile
 
 HEARTBEAT_ATTR = "search:heartbeat"
 
@@ -50,6 +54,17 @@ def file_lock(store_path: str, study_name: str, *, wait: bool) -> Iterator[bool]
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def last_heartbeat(trial: FrozenTrial) -> float | None:
+    """The trial's last beat (a Unix time); None before its first. A retry carries the stale
+    trial's last beat (``RetryHeartbeatStaleTrialCallback`` copies every system attribute; the RDB
+    storage keeps beats apart, in a table of their own): a beat from before the trial started is
+    not its own."""
+    beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+    if beat is None or (trial.datetime_start is not None and beat < trial.datetime_start.timestamp()):
+        return None
+    return beat
+
+
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     def __init__(
         self,
@@ -59,10 +74,14 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         grace_period: int,
         heartbeat_stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None,
     ) -> None:
-        super().__init__(JournalFileBackend(path))
+        # As RDBStorage asks of its own (``storage._open`` says so to a user in one line first).
+        if heartbeat_interval <= 0 or grace_period <= 0:
+            raise ValueError("the heartbeat interval and the grace period should be positive integers")
+        super().__init__(JournalFile(path))
         self.path = path
-        self._heartbeat_interval = heartbeat_interval
-        self._grace_period = grace_period
+        # RDBStorage's attribute names: both stores' settings read the same way.
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
         self._stale_callback = heartbeat_stale_trial_callback
 
     @property
@@ -80,23 +99,18 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # the trial ended between two beats
+        except StorageError:
+            pass  # a damaged or replaced journal: the trial's own next call says so, in one line
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        deadline = time.time() - self._grace_period
-        stale = []
-        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            # A retry inherits the stale trial's system attrs, its last beat included: a trial
-            # that started after the deadline is alive whatever beat it carries.
-            beats = [trial.system_attrs.get(HEARTBEAT_ATTR)]
-            if trial.datetime_start is not None:
-                beats.append(trial.datetime_start.timestamp())
-            beat = max((b for b in beats if b is not None), default=None)
-            if beat is not None and beat < deadline:
-                stale.append(trial._trial_id)
-        return stale
+        # RDBStorage's rule: stale when the last beat is older than the grace period; never before the first beat.
+        deadline = time.time() - self.grace_period
+        return [trial._trial_id
+                for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if (beat := last_heartbeat(trial)) is not None and beat < deadline]
 
     def get_heartbeat_interval(self) -> int | None:
-        return self._heartbeat_interval
+        return self.heartbeat_interval
 
     def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
         return self._stale_callback

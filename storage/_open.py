@@ -11,6 +11,7 @@ import optuna
 import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from storage._errors import NoStore, StorageError
 from storage._journal import HeartbeatJournalStorage
 from storage._rdb import LOCKING_DIALECTS, ReconnectingRDBStorage
 
@@ -21,14 +22,6 @@ SUPPORTED = ("PostgreSQL (postgresql://user@host/db) for many machines; SQLite (
 
 # What ``open_storage`` returns: both have ``study_lock`` and Optuna's heartbeat.
 Storage = HeartbeatJournalStorage | ReconnectingRDBStorage
-
-
-class StorageError(Exception):
-    """A storage URL that cannot be opened; the message never holds a password."""
-
-
-class NoStore(StorageError):
-    """A journal file that does not exist, opened by a command that only reads."""
 
 
 def default_url() -> str:
@@ -104,14 +97,40 @@ def with_driver(url: str) -> str:
     return url
 
 
-def _heartbeat_settings() -> tuple[int, int]:
-    # Grace of several intervals: one slow write must not fail a live trial.
-    interval = int(os.environ.get("SEARCH_HEARTBEAT_INTERVAL", "10"))
-    grace = int(os.environ.get("SEARCH_GRACE_PERIOD", str(6 * interval)))
+HEARTBEAT_INTERVAL_ENV = "SEARCH_HEARTBEAT_INTERVAL"
+GRACE_PERIOD_ENV = "SEARCH_GRACE_PERIOD"
+DEFAULT_HEARTBEAT_INTERVAL = 10
+GRACE_INTERVALS = 6  # the default grace: several intervals, so that one slow write does not fail a live trial
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """``$SEARCH_HEARTBEAT_INTERVAL`` and ``$SEARCH_GRACE_PERIOD`` in whole seconds, at least 1 (as
+    Optuna's RDB storage asks; an interval of 0 would spin the heartbeat thread), and a grace no
+    shorter than the interval (else a live trial is failed between two beats); else one StorageError line."""
+    interval = _seconds(HEARTBEAT_INTERVAL_ENV, DEFAULT_HEARTBEAT_INTERVAL)
+    grace = _seconds(GRACE_PERIOD_ENV, GRACE_INTERVALS * interval)
+    if grace < interval:
+        raise StorageError(f"{GRACE_PERIOD_ENV}={grace} is shorter than {HEARTBEAT_INTERVAL_ENV}={interval}: a live "
+                           f"trial would be failed between two beats; give at least {interval} "
+                           f"(default {GRACE_INTERVALS} intervals)")
     return interval, grace
 
 
-def _journal_path(url: str) -> Path | None:
+def _seconds(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise StorageError(f"{name}={raw!r}: expected a whole number of seconds, at least 1 (unset: {default})")
+    return value
+
+
+def journal_path(url: str) -> Path | None:
+    """The journal file a storage URL names (a path, or ``journal://PATH``); None for a database URL."""
     if url.startswith("journal://"):
         return Path(url[len("journal://"):])
     if "://" not in url:
@@ -144,7 +163,8 @@ def open_storage(url: str | None = None, *, create: bool = True) -> Storage:
     refused here, before its driver is imported or anything is created."""
     url = resolve_url(url)
     check_url(url)
-    path = _journal_path(url)
+    heartbeat = heartbeat_settings()  # a bad setting is refused before anything is created
+    path = journal_path(url)
     if not create and path is not None and path.suffix in JOURNAL_SUFFIXES and not path.exists():
         raise NoStore(f"storage {mask_url(url)}: no such journal file (the first `search worker` on it creates it)")
     if path is None:
@@ -163,13 +183,12 @@ def open_storage(url: str | None = None, *, create: bool = True) -> Storage:
     with warnings.catch_warnings():
         # The heartbeat and its retry callback are marked experimental; they are what we want.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _open(url)
+        return _open(url, *heartbeat)
 
 
-def _open(url: str) -> Storage:
-    interval, grace = _heartbeat_settings()
+def _open(url: str, interval: int, grace: int) -> Storage:
     retry = RetryHeartbeatStaleTrialCallback(max_retry=3)
-    path = _journal_path(url)
+    path = journal_path(url)
     if path is not None:
         if path.suffix not in JOURNAL_SUFFIXES:
             raise StorageError(f"storage {mask_url(url)!r}: not a storage URL; give {SUPPORTED}")

@@ -1,7 +1,8 @@
 """``search``: run workers, watch studies, export and re-run the winners.
 
 The commands live by layer (``running``: worker, launch, slurm, k8s; ``results``: status, studies,
-export, run, confirm; ``dashboard``); the options they share in ``options``; everything they
+export, run, confirm; ``dashboard``; ``store``: check, repair); the options they share in
+``options``; everything they
 show in ``render``. Here: the app, and how a user's mistake ends (one line, exit 2).
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import typer
 
-from search.cli import dashboard, results, running
+from search.cli import dashboard, results, running, store
 from search.cli.errors import USER_ERRORS, CommandError
 from search.cli.render import err_console
 
@@ -45,6 +46,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 for command in (running.worker, running.launch, running.slurm, running.k8s, results.status, results.export, results.run,
                 results.studies, results.confirm, dashboard.dashboard):
     app.command()(_stoppable(command))
+for command in (store.check, store.repair):
+    store.app.command()(_stoppable(command))
+app.add_typer(store.app)
 
 
 def main() -> None:
