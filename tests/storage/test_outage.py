@@ -25,7 +25,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.pool import StaticPool
 
 from helpers import Store, known, running_mid_trial, wait_for
-from storage import open_storage
+from storage import StorageError, open_storage
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize"),
               pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
@@ -165,6 +165,14 @@ def test_a_worker_back_from_an_outage_judges_no_trial_stale_for_a_grace_period(o
     optuna.storages.fail_stale_trials(study)
     assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"], "a grace period later it is judged"
     judge.engine.dispose()
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "inf"])
+def test_a_wait_that_is_not_seconds_is_refused_in_one_line(pg_url, monkeypatch, value):
+    monkeypatch.setenv("SEARCH_DB_RETRY_SECONDS", value)
+    with pytest.raises(StorageError) as error:
+        open_storage(pg_url)
+    assert str(error.value).startswith(f"SEARCH_DB_RETRY_SECONDS={value}: expected ") and "\n" not in str(error.value)
 
 
 # --- a commit whose reply never arrives -------------------------------------------------------
