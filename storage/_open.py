@@ -13,9 +13,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from storage._errors import NoStore, StorageError
 from storage._journal import HeartbeatJournalStorage
-from storage._rdb import LOCKING_DIALECTS, ReconnectingRDBStorage
+from storage._rdb import DEFAULT_RETRY_SECONDS, LOCKING_DIALECTS, ReconnectingRDBStorage
 
 DEFAULT_ENV = "SEARCH_STORAGE"
+RETRY_ENV = "SEARCH_DB_RETRY_SECONDS"  # how long a database call waits for a lost connection to come back
 JOURNAL_SUFFIXES = (".journal", ".log")
 SUPPORTED = ("PostgreSQL (postgresql://user@host/db) for many machines; SQLite (sqlite:///path/to/studies.db) "
              f"or a journal file (a path ending in {' or '.join(JOURNAL_SUFFIXES)}) for one machine")
@@ -129,6 +130,18 @@ def _seconds(name: str, default: int) -> int:
     return value
 
 
+def _retry_seconds() -> float:
+    raw = os.environ.get(RETRY_ENV, "")
+    try:
+        seconds = float(raw) if raw.strip() else DEFAULT_RETRY_SECONDS
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise StorageError(f"{RETRY_ENV}={raw}: expected the seconds a database call waits for a lost "
+                           f"connection (a number, 0 or more; default {DEFAULT_RETRY_SECONDS:g})")
+    return seconds
+
+
 def journal_path(url: str) -> Path | None:
     """The journal file a storage URL names (a path, or ``journal://PATH``); None for a database URL."""
     if url.startswith("journal://"):
@@ -200,17 +213,24 @@ def _open(url: str, interval: int, grace: int) -> Storage:
         except OSError as e:
             raise StorageError(f"storage {mask_url(url)}: cannot open journal file: {e.strerror or e}") from None
     url = with_driver(url)
+    retry_seconds = _retry_seconds()
     engine_kwargs: dict = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 1800}
     if url.startswith("postgresql"):
-        # Names this process's connections in pg_stat_activity (which worker holds what).
-        engine_kwargs["connect_args"] = {"application_name": application_name()}
+        # Names this process's connections in pg_stat_activity (which worker holds what). A
+        # connection attempt to a server that does not answer gives up after 10 s, and a
+        # connection whose server vanished (a failover, a network cut) is found dead within a
+        # minute: the retry then reconnects instead of waiting on it for TCP's hours.
+        engine_kwargs["connect_args"] = {"application_name": application_name(), "connect_timeout": 10,
+                                         "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                                         "keepalives_count": 3}
     try:
         return ReconnectingRDBStorage(
             url,
             # A worker holds at most a couple of connections; pre-ping replaces ones the
             # server dropped (restart, idle timeout, pg_terminate_backend) before use, and a
-            # call whose connection dies under it is retried (storage/_rdb.py).
+            # call whose connection dies under it is retried for retry_seconds (storage/_rdb.py).
             engine_kwargs=engine_kwargs,
+            retry_seconds=retry_seconds,
             heartbeat_interval=interval,
             grace_period=grace,
             heartbeat_stale_trial_callback=retry,

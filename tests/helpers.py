@@ -10,7 +10,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,27 @@ def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *ar
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     return result
+
+
+def wait_for(condition: Callable[[], Any], *, what: str, timeout: float = 180, alive: tuple = ()) -> Any:
+    """``condition()``'s first true value, polled; fails after ``timeout`` s, or when a process in
+    ``alive`` ends first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        for proc in alive:
+            assert proc.poll() is None, f"a worker ended before {what}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def running_mid_trial(store: Store, name: str) -> optuna.trial.FrozenTrial | None:
+    """A RUNNING trial that has reported at least one epoch."""
+    if name not in store.study_names():
+        return None
+    return next((t for t in store.trials(name) if t.state.name == "RUNNING" and t.intermediate_values), None)
 
 
 def trials_started(stdout: str) -> list[int]:

@@ -25,18 +25,32 @@ from search.spec import StudySpec
 from search.study import as_recorded, build_study
 
 MAX_CONSECUTIVE_FAILURES = 3
+TAKEN_OVER_REASON = ("taken over: failed as stale by another worker while this one could not reach the storage; "
+                     "abandoned here, its re-queued copy runs instead")
+
+
+class TrialTakenOver(BaseException):
+    """The running trial was finished by someone else, in practice failed as stale by another
+    worker while this one could not reach the storage (``storage/_rdb.py``). Like a stop, not a
+    failure of the trial: nothing catches it as one, Optuna does not tell the trial (it is no
+    longer this worker's), and a checkpoint stays for the re-queued copy."""
 
 
 class _DisplayReporter(TrialReporter):
-    """Reports into the trial and moves the display's progress bar at every optimizer step."""
+    """Reports into the trial and moves the display's progress bar at every optimizer step; stops
+    training at the next step once the storage's heartbeat finds the trial taken over."""
 
-    def __init__(self, trial: optuna.Trial, display: WorkerDisplay | None) -> None:
+    def __init__(self, trial: optuna.Trial, display: WorkerDisplay | None,
+                 storage: optuna.storages.BaseStorage | None = None) -> None:
         super().__init__(trial)
         self.display = display
+        self.taken_over = getattr(storage, "taken_over", lambda trial_id: False)
 
     def on_step(self, epoch: int, step: int, steps_per_epoch: int) -> None:
         if self.display:
             self.display.on_step(epoch, step, steps_per_epoch)
+        if self.taken_over(self.trial._trial_id):
+            raise TrialTakenOver(self.trial.number)
 
 
 def make_objective(spec: StudySpec, display: WorkerDisplay | None = None, *, gpus_per_trial: int | None = None,
@@ -60,6 +74,8 @@ def make_objective(spec: StudySpec, display: WorkerDisplay | None = None, *, gpu
             trial.study._storage.set_trial_system_attr(trial._trial_id, TrialSystemAttr.WORKER,
                                                        f"{socket.gethostname()}:{os.getpid()}")
             return train_trial(trial)
+        except optuna.exceptions.UpdateFinishedTrialError as e:  # finished by someone else: not ours to tell
+            raise TrialTakenOver(trial.number) from e
         except KeyboardInterrupt:
             if shutdown:
                 shutdown.interrupted = trial._trial_id
@@ -75,7 +91,7 @@ def make_objective(spec: StudySpec, display: WorkerDisplay | None = None, *, gpu
         trial.set_user_attr(TrialAttr.PARAMS, params)
         if emit:
             emit(TrialEvent("started", trial.number, params=tuned))
-        reporter = _DisplayReporter(trial, display)
+        reporter = _DisplayReporter(trial, display, storage)
         reporter.checkpoint_dir = trial_checkpoint_dir(trial)
         try:
             result = runner.run(params, reporter, trial=trial, pruner=spec.pruner.model_dump())
@@ -179,14 +195,15 @@ def run_trials(study: optuna.Study, spec: StudySpec, storage: optuna.storages.Ba
         shutdown.study = study
     try:
         if budget is None:
-            study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=callbacks)
+            optimize_past_takeovers(study, objective, n_trials=n_trials, timeout=timeout, callbacks=callbacks,
+                                    emit=sink)
             return WorkerOutcome(failures.reason)
         deadline = time.monotonic() + timeout if timeout else None
         while not failures.stopped and not (shutdown and shutdown.requested):
             if not budget.admit(deadline=deadline):
                 break
             try:  # the admission lock is held until the trial is asked (released in run_trial)
-                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+                optimize_past_takeovers(study, objective, n_trials=1, callbacks=callbacks, emit=sink, go_on=False)
             finally:
                 budget.release()
     except KeyboardInterrupt:
@@ -194,6 +211,53 @@ def run_trials(study: optuna.Study, spec: StudySpec, storage: optuna.storages.Ba
             requeue(study, shutdown.interrupted)
         raise
     return WorkerOutcome(failures.reason)
+
+
+def optimize_past_takeovers(study: optuna.Study, objective: Any, *, n_trials: int | None, timeout: float | None = None,
+                            callbacks: list[Any], emit: Sink, go_on: bool = True) -> None:
+    """``study.optimize`` (``n_trials`` of this worker's trials, told by it; ``timeout`` seconds),
+    going on past a trial taken over by another worker (``TrialTakenOver``; or Optuna's tell
+    failing because the trial is no longer RUNNING: the takeover came after training ended).
+    Such a trial is abandoned, not told (its stale failure and re-queued copy stand), and does
+    not count towards ``n_trials``; ``go_on`` False: return then (the caller admits the next)."""
+    asked: list[optuna.Trial] = []
+    told: set[int] = set()
+
+    def tracked(trial: optuna.Trial) -> Any:
+        asked.append(trial)
+        return objective(trial)
+
+    def mark_told(study: optuna.Study, trial: FrozenTrial) -> None:
+        told.add(trial._trial_id)
+
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    while True:
+        left = None if n_trials is None else n_trials - len(told)
+        seconds = None if deadline is None else deadline - time.monotonic()
+        if (left is not None and left <= 0) or (seconds is not None and seconds <= 0):
+            return
+        asked.clear()
+        try:
+            study.optimize(tracked, n_trials=left, timeout=seconds, catch=(Exception,),
+                           callbacks=[mark_told, *callbacks])
+            return
+        except TrialTakenOver:
+            trial = asked[-1]
+        except Exception:
+            trial = asked[-1] if asked and asked[-1]._trial_id not in told else None
+            if trial is None or not _finished_by_another(study, trial):
+                raise
+        emit(TrialEvent("failed", trial.number, reason=TAKEN_OVER_REASON))
+        if not go_on:
+            return
+
+
+def _finished_by_another(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """This worker never told ``trial``: is it finished all the same? (An error reading it says no.)"""
+    try:
+        return study._storage.get_trial(trial._trial_id).state.is_finished()
+    except Exception:  # noqa: BLE001 - the caller raises its own error instead
+        return False
 
 
 def run_worker(spec: StudySpec, storage: optuna.storages.BaseStorage, *, name: str | None = None,

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy
 import yaml
 
-from helpers import FINISHED, command, known, open_store, spec_dict
+from helpers import FINISHED, command, known, open_store, running_mid_trial, spec_dict, wait_for
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -32,25 +32,6 @@ NO_PRUNING = {"type": "NopPruner"}
 @pytest.fixture
 def pg(pg_store):
     return pg_store
-
-
-def wait_for(condition: Callable[[], Any], *, what: str, timeout: float = 180, alive: tuple = ()) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        for proc in alive:
-            assert proc.poll() is None, f"a worker ended before {what}: {proc.communicate()}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def running_mid_trial(store, name: str) -> optuna.trial.FrozenTrial | None:
-    """A RUNNING trial that has reported at least one epoch."""
-    if name not in store.study_names():
-        return None
-    return next((t for t in store.trials(name) if t.state.name == "RUNNING" and t.intermediate_values), None)
 
 
 def worker_pid(trial: optuna.trial.FrozenTrial) -> int:
