@@ -82,7 +82,7 @@ def worker(
     console.print(Text.assemble("study ", (result.study_name, "bold"),
                                 f" ({spec.objective}) on {where}: {spec.metric.name} target {spec.target.value:g}, "
                                 f"baseline {spec.baseline.value:g}"))
-    with WorkerDisplay(spec, console) as display:
+    with WorkerDisplay(spec, console, n_trials=n_trials if budget == "worker" else None) as display:
         outcome = run_trials(result, spec, opened, n_trials=None if budget == "study" else n_trials,
                              timeout=timeout, display=display, study_budget=n_trials if budget == "study" else None,
                              gpus_per_trial=gpus_per_trial, shutdown=shutdown)
