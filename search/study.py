@@ -129,11 +129,30 @@ def spec_diff(recorded: Any, here: Any, path: str = "") -> list[str]:
     return [] if recorded == here else [f"{path}: study {recorded!r}, here {here!r}"]
 
 
-def load_study(name: str, storage: optuna.storages.BaseStorage, where: str) -> tuple[optuna.Study, StudySpec]:
-    """An existing study and the spec it was created with."""
+def made_from_spec(spec_name: str, storage: optuna.storages.BaseStorage) -> list[str]:
+    """The stored studies created from the spec named ``spec_name`` (under any ``--name``)."""
+    found = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        recorded = summary.user_attrs.get(StudyAttr.SPEC)
+        if isinstance(recorded, dict) and recorded.get("name") == spec_name:
+            found.append(summary.study_name)
+    return found
+
+
+def load_study(name: str, storage: optuna.storages.BaseStorage, where: str, *,
+               by_spec: bool = False) -> tuple[optuna.Study, StudySpec]:
+    """An existing study and the spec it was created with. ``by_spec``: when no study has that
+    name but exactly one was made from the spec of that name (``search worker --study recipe-mpr
+    --name recipe-mpr-demo``), that one."""
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
+        made = made_from_spec(name, storage)
+        if by_spec and len(made) == 1:
+            return load_study(made[0], storage, where)
+        if made:
+            raise StudyNotFound(f"no study {name!r} in {where}; made from the spec {name!r}: {', '.join(made)} "
+                                f"(give one of them to --study)") from None
         known = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
         raise StudyNotFound(f"no study {name!r} in {where} (studies there: {known or 'none'})") from None
     spec = recorded_spec(study)

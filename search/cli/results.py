@@ -15,7 +15,8 @@ from objectives import Objective, Reporter, load_objective
 from search.cli import render
 from search.cli.errors import CommandError
 from search.cli.options import Format, GpusPerTrial, Storage, Study, open_store
-from search.cli.render import console
+from search.cli.render import console, err_console
+from rich.text import Text
 from search.running.events import TrialEvent
 from search.running.runner import TrialRunner
 from search.spec import SpecError, read_yaml, spaces_dir
@@ -38,7 +39,9 @@ def status(study: Study, storage: Storage = None, format_: Format = "table") -> 
     from search.study import load_study
 
     opened, where = open_store(storage, create=False)
-    found, spec = load_study(study, opened, where)
+    found, spec = load_study(study, opened, where, by_spec=True)
+    if found.study_name != study:
+        err_console.print(Text(f"no study named {study!r}: showing {found.study_name!r}, made from the spec {study!r}"))
     record = status_record(found, spec, where)
     if format_ == "json":
         render.print_json(record)

@@ -102,3 +102,24 @@ def test_export_json_is_the_record_it_writes(pruned_study, cli, tmp_path):
     assert (printed["study"], printed["trial"], printed["metric"]["value"]) == (name, best.number, best.value)
     assert printed["params"]["learning_rate"] == best.params["learning_rate"]
     assert printed["rerun"] == "search run --config best.yaml"
+
+
+def test_status_by_the_spec_name_finds_the_one_study_made_from_it(cli, tmp_path):
+    """`make demo` runs the recipe-mpr spec under --name recipe-mpr-demo; `search status --study
+    recipe-mpr` then shows that study, and names every candidate when there are several."""
+    from search.spec import load_spec
+    from search.study import build_study
+
+    store = Store("journal", str(tmp_path / "studies.journal"))
+    spec = load_spec("recipe-mpr")
+    build_study(spec, store.optuna, name="recipe-mpr-demo")
+    shown = ok(cli("status", "--study", "recipe-mpr", "--storage", store.url, "--format", "json"))
+    assert json.loads(shown.stdout)["study"] == "recipe-mpr-demo"
+    assert "showing 'recipe-mpr-demo', made from the spec 'recipe-mpr'" in shown.stderr
+
+    build_study(spec, store.optuna, name="recipe-mpr-second")
+    refused = cli("status", "--study", "recipe-mpr", "--storage", store.url)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        f"error: no study 'recipe-mpr' in {store.url}; made from the spec 'recipe-mpr': recipe-mpr-demo, "
+        "recipe-mpr-second (give one of them to --study)"]
